@@ -1,0 +1,136 @@
+//! Attribute references: `name`, or `/a/b` paths with `~1` for `/` and `~0` for `~` (as in JSON Pointer).
+
+use std::fmt;
+
+/// Why an attribute reference is invalid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AttrRefError {
+    /// The reference is the empty string.
+    #[error("attribute reference is empty")]
+    Empty,
+    /// A path with `//`, a trailing `/`, or only `/`.
+    #[error("attribute reference has an empty path component")]
+    EmptyComponent,
+    /// A `~` not followed by `0` or `1`.
+    #[error("attribute reference has an invalid escape sequence")]
+    InvalidEscape,
+}
+
+/// A parsed attribute reference. Invalid references are kept (with their error) rather than rejected, because
+/// LaunchDarkly data may contain them and an evaluation that meets one must report `MALFORMED_FLAG`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AttrRef {
+    raw: String,
+    parsed: Result<Box<[String]>, AttrRefError>,
+}
+
+impl AttrRef {
+    /// Parses a reference in the context-aware syntax: a leading `/` starts a path, anything else is one name.
+    pub fn parse(raw: &str) -> AttrRef {
+        AttrRef { raw: raw.to_owned(), parsed: parse_components(raw) }
+    }
+
+    /// A literal attribute name, as in data written before contexts existed (clauses with no `contextKind`):
+    /// `/` and `~` have no special meaning.
+    pub fn literal(name: &str) -> AttrRef {
+        let parsed = if name.is_empty() {
+            Err(AttrRefError::Empty)
+        } else {
+            Ok(vec![name.to_owned()].into_boxed_slice())
+        };
+        AttrRef { raw: name.to_owned(), parsed }
+    }
+
+    /// The reference for `key`.
+    pub fn key() -> AttrRef {
+        AttrRef::literal("key")
+    }
+
+    /// The text the reference was made from.
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    /// The path components, or why the reference is invalid.
+    pub fn components(&self) -> Result<&[String], AttrRefError> {
+        match &self.parsed {
+            Ok(c) => Ok(c),
+            Err(e) => Err(*e),
+        }
+    }
+
+    /// True if this is exactly the top-level attribute `name`.
+    pub fn is_top_level(&self, name: &str) -> bool {
+        matches!(&self.parsed, Ok(c) if c.len() == 1 && c[0] == name)
+    }
+}
+
+impl fmt::Debug for AttrRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AttrRef({:?})", self.raw)
+    }
+}
+
+fn parse_components(raw: &str) -> Result<Box<[String]>, AttrRefError> {
+    if raw.is_empty() {
+        return Err(AttrRefError::Empty);
+    }
+    let Some(path) = raw.strip_prefix('/') else {
+        return Ok(vec![raw.to_owned()].into_boxed_slice());
+    };
+    path.split('/').map(unescape).collect::<Result<Vec<_>, _>>().map(Vec::into_boxed_slice)
+}
+
+fn unescape(component: &str) -> Result<String, AttrRefError> {
+    if component.is_empty() {
+        return Err(AttrRefError::EmptyComponent);
+    }
+    if !component.contains('~') {
+        return Ok(component.to_owned());
+    }
+    let mut out = String::with_capacity(component.len());
+    let mut chars = component.chars();
+    while let Some(c) = chars.next() {
+        if c == '~' {
+            match chars.next() {
+                Some('0') => out.push('~'),
+                Some('1') => out.push('/'),
+                _ => return Err(AttrRefError::InvalidEscape),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn comps(r: &str) -> Result<Vec<String>, AttrRefError> {
+        AttrRef::parse(r).components().map(<[String]>::to_vec)
+    }
+
+    #[test]
+    fn parses_names_paths_and_escapes() {
+        assert_eq!(comps("name").unwrap(), vec!["name"]);
+        assert_eq!(comps("a/b").unwrap(), vec!["a/b"]);
+        assert_eq!(comps("/a/b").unwrap(), vec!["a", "b"]);
+        assert_eq!(comps("/a~1b/c~0d").unwrap(), vec!["a/b", "c~d"]);
+        assert_eq!(comps(""), Err(AttrRefError::Empty));
+        assert_eq!(comps("/"), Err(AttrRefError::EmptyComponent));
+        assert_eq!(comps("/a//b"), Err(AttrRefError::EmptyComponent));
+        assert_eq!(comps("/a/"), Err(AttrRefError::EmptyComponent));
+        assert_eq!(comps("/a~2"), Err(AttrRefError::InvalidEscape));
+        assert_eq!(comps("/a~"), Err(AttrRefError::InvalidEscape));
+    }
+
+    #[test]
+    fn literal_names_keep_slashes() {
+        assert_eq!(AttrRef::literal("/a/b").components().unwrap(), ["/a/b".to_owned()]);
+        assert_eq!(AttrRef::literal("").components(), Err(AttrRefError::Empty));
+        assert!(AttrRef::literal("kind").is_top_level("kind"));
+        assert!(!AttrRef::parse("/kind/x").is_top_level("kind"));
+    }
+}

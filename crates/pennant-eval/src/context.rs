@@ -1,0 +1,447 @@
+//! Evaluation contexts: single-kind, multi-kind, and old-style user objects.
+
+use serde_json::{Map, Value};
+
+use crate::attr_ref::AttrRef;
+
+/// A context kind such as `user` or `org`.
+pub type Kind = str;
+
+/// The default kind, and the kind of old-style users.
+pub const USER_KIND: &str = "user";
+
+/// Why JSON could not be read as a context. Evaluating for such a context gives `USER_NOT_SPECIFIED`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContextError {
+    /// Not JSON, or not a JSON object.
+    #[error("context is not a JSON object: {0}")]
+    NotAnObject(String),
+    /// The `kind` property is not a valid kind.
+    #[error("invalid context kind {0:?}: kinds use only letters, digits, '.', '_' and '-', and may not be \"kind\"")]
+    InvalidKind(String),
+    /// `key` is missing, not a string, or empty where that is not allowed.
+    #[error("context of kind {0:?} must have a non-empty string \"key\"")]
+    InvalidKey(String),
+    /// A built-in attribute has the wrong JSON type.
+    #[error("context attribute {attribute:?} must be {expected}")]
+    WrongType {
+        /// The attribute's name.
+        attribute: String,
+        /// What it must be.
+        expected: &'static str,
+    },
+    /// A multi-kind context with no kinds in it.
+    #[error("multi-kind context has no individual contexts")]
+    EmptyMulti,
+}
+
+/// One individual context of one kind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SingleContext {
+    // Kind, key, name and anonymous are kept as JSON values so attribute lookups can hand out references.
+    kind: Value,
+    key: Value,
+    name: Option<Value>,
+    anonymous: Value,
+    attributes: Map<String, Value>,
+    private_attributes: Vec<AttrRef>,
+}
+
+impl SingleContext {
+    /// The context's kind.
+    pub fn kind(&self) -> &str {
+        self.kind.as_str().unwrap_or(USER_KIND)
+    }
+
+    /// The context's key.
+    pub fn key(&self) -> &str {
+        self.key.as_str().unwrap_or("")
+    }
+
+    /// The context's name, if it has one.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_ref().and_then(Value::as_str)
+    }
+
+    #[inline]
+    pub(crate) fn key_value(&self) -> &Value {
+        &self.key
+    }
+
+    /// Whether the context is anonymous.
+    pub fn anonymous(&self) -> bool {
+        self.anonymous.as_bool().unwrap_or(false)
+    }
+
+    /// Custom attributes (everything but kind, key, name and anonymous).
+    pub fn attributes(&self) -> &Map<String, Value> {
+        &self.attributes
+    }
+
+    /// Attribute references the SDK must redact in events.
+    pub fn private_attributes(&self) -> &[AttrRef] {
+        &self.private_attributes
+    }
+
+    /// Looks up an attribute by reference. Path components after the first descend into JSON objects.
+    /// Returns `None` for missing attributes and for invalid references.
+    pub fn get(&self, reference: &AttrRef) -> Option<&Value> {
+        let components = reference.components().ok()?;
+        let (first, rest) = components.split_first()?;
+        let mut value = self.top_level(first)?;
+        for name in rest {
+            value = value.as_object()?.get(name.as_str())?;
+        }
+        Some(value)
+    }
+
+    #[inline]
+    fn top_level(&self, name: &str) -> Option<&Value> {
+        match name {
+            "kind" => Some(&self.kind),
+            "key" => Some(&self.key),
+            "name" => self.name.as_ref(),
+            "anonymous" => Some(&self.anonymous),
+            _ => self.attributes.get(name),
+        }
+    }
+
+    fn fully_qualified_part(&self, out: &mut String) {
+        out.push_str(self.kind());
+        out.push(':');
+        for c in self.key().chars() {
+            match c {
+                '%' => out.push_str("%25"),
+                ':' => out.push_str("%3A"),
+                c => out.push(c),
+            }
+        }
+    }
+}
+
+/// An evaluation context: one or more individual contexts of distinct kinds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Context {
+    multi: bool,
+    // Sorted by kind for multi-kind contexts.
+    contexts: Vec<SingleContext>,
+    fully_qualified_key: String,
+}
+
+impl Context {
+    /// Reads a context from JSON bytes.
+    pub fn from_json(bytes: &[u8]) -> Result<Context, ContextError> {
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| ContextError::NotAnObject(e.to_string()))?;
+        Context::from_value(value)
+    }
+
+    /// Reads a context from a JSON value: `{"kind":"org","key":…}`, `{"kind":"multi","user":{…},…}`, or an
+    /// old-style user object without `kind`.
+    pub fn from_value(value: Value) -> Result<Context, ContextError> {
+        let Value::Object(mut object) = value else {
+            return Err(ContextError::NotAnObject(format!("got {}", type_name(&value))));
+        };
+        match object.remove("kind") {
+            None => Ok(Context::single(parse_old_user(object)?)),
+            Some(Value::String(kind)) if kind == "multi" => parse_multi(object),
+            Some(Value::String(kind)) => {
+                validate_kind(&kind)?;
+                Ok(Context::single(parse_single(kind, object)?))
+            }
+            Some(other) => Err(ContextError::InvalidKind(other.to_string())),
+        }
+    }
+
+    /// A context of kind `user` with only a key.
+    pub fn user(key: &str) -> Context {
+        Context::single(SingleContext {
+            kind: Value::String(USER_KIND.to_owned()),
+            key: Value::String(key.to_owned()),
+            name: None,
+            anonymous: Value::Bool(false),
+            attributes: Map::new(),
+            private_attributes: Vec::new(),
+        })
+    }
+
+    fn single(context: SingleContext) -> Context {
+        let fully_qualified_key = if context.kind() == USER_KIND {
+            context.key().to_owned()
+        } else {
+            let mut s = String::new();
+            context.fully_qualified_part(&mut s);
+            s
+        };
+        Context { multi: false, contexts: vec![context], fully_qualified_key }
+    }
+
+    /// True for a multi-kind context.
+    pub fn is_multi(&self) -> bool {
+        self.multi
+    }
+
+    /// The individual contexts (one for a single-kind context).
+    pub fn contexts(&self) -> &[SingleContext] {
+        &self.contexts
+    }
+
+    /// The individual context of a kind, if present.
+    #[inline]
+    pub fn individual(&self, kind: &str) -> Option<&SingleContext> {
+        self.contexts.iter().find(|c| c.kind() == kind)
+    }
+
+    /// The kinds present.
+    pub fn kinds(&self) -> impl Iterator<Item = &str> {
+        self.contexts.iter().map(SingleContext::kind)
+    }
+
+    /// LaunchDarkly's fully-qualified key: the key for a user, `kind:key` otherwise, and the sorted
+    /// `kind:key` parts joined with `:` for a multi-kind context (`%` and `:` in keys escaped).
+    pub fn fully_qualified_key(&self) -> &str {
+        &self.fully_qualified_key
+    }
+
+    /// The key of a single-kind context, or the empty string for a multi-kind one.
+    pub fn key(&self) -> &str {
+        if self.multi { "" } else { self.contexts.first().map_or("", SingleContext::key) }
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn validate_kind(kind: &str) -> Result<(), ContextError> {
+    let valid = !kind.is_empty()
+        && kind != "kind"
+        && kind.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid { Ok(()) } else { Err(ContextError::InvalidKind(kind.to_owned())) }
+}
+
+fn optional_string(attribute: &str, value: Option<Value>) -> Result<Option<Value>, ContextError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(v @ Value::String(_)) => Ok(Some(v)),
+        Some(_) => Err(ContextError::WrongType { attribute: attribute.to_owned(), expected: "a string" }),
+    }
+}
+
+fn optional_bool(attribute: &str, value: Option<Value>) -> Result<bool, ContextError> {
+    match value {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(b),
+        Some(_) => Err(ContextError::WrongType { attribute: attribute.to_owned(), expected: "a boolean" }),
+    }
+}
+
+fn string_list(attribute: &str, value: Option<Value>) -> Result<Vec<String>, ContextError> {
+    let wrong = || ContextError::WrongType { attribute: attribute.to_owned(), expected: "an array of strings" };
+    match value {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s),
+                _ => Err(wrong()),
+            })
+            .collect(),
+        Some(_) => Err(wrong()),
+    }
+}
+
+fn parse_single(kind: String, mut object: Map<String, Value>) -> Result<SingleContext, ContextError> {
+    let key = match object.remove("key") {
+        Some(Value::String(k)) if !k.is_empty() => k,
+        _ => return Err(ContextError::InvalidKey(kind)),
+    };
+    let name = optional_string("name", object.remove("name"))?;
+    let anonymous = optional_bool("anonymous", object.remove("anonymous"))?;
+    let private_attributes = match object.remove("_meta") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Object(mut meta)) => string_list("_meta.privateAttributes", meta.remove("privateAttributes"))?
+            .iter()
+            .map(|s| AttrRef::parse(s))
+            .collect(),
+        Some(_) => {
+            return Err(ContextError::WrongType { attribute: "_meta".to_owned(), expected: "an object" });
+        }
+    };
+    object.retain(|_, v| !v.is_null());
+    Ok(SingleContext {
+        kind: Value::String(kind),
+        key: Value::String(key),
+        name,
+        anonymous: Value::Bool(anonymous),
+        attributes: object,
+        private_attributes,
+    })
+}
+
+fn parse_multi(object: Map<String, Value>) -> Result<Context, ContextError> {
+    let mut contexts = Vec::with_capacity(object.len());
+    for (kind, value) in object {
+        validate_kind(&kind)?;
+        if kind == "multi" {
+            return Err(ContextError::InvalidKind(kind));
+        }
+        let Value::Object(mut inner) = value else {
+            return Err(ContextError::WrongType { attribute: kind, expected: "an object" });
+        };
+        inner.remove("kind");
+        contexts.push(parse_single(kind, inner)?);
+    }
+    contexts.sort_by(|a, b| a.kind().cmp(b.kind()));
+    match contexts.len() {
+        0 => Err(ContextError::EmptyMulti),
+        1 => Ok(Context::single(contexts.remove(0))),
+        _ => {
+            let mut fully_qualified_key = String::new();
+            for (i, c) in contexts.iter().enumerate() {
+                if i > 0 {
+                    fully_qualified_key.push(':');
+                }
+                c.fully_qualified_part(&mut fully_qualified_key);
+            }
+            Ok(Context { multi: true, contexts, fully_qualified_key })
+        }
+    }
+}
+
+/// Built-in string attributes of old-style user objects.
+const OLD_USER_STRINGS: [&str; 6] = ["firstName", "lastName", "email", "avatar", "country", "ip"];
+
+fn parse_old_user(mut object: Map<String, Value>) -> Result<SingleContext, ContextError> {
+    // Old-style users may have an empty key (LaunchDarkly kept that for compatibility); it must be a string.
+    let key = match object.remove("key") {
+        Some(Value::String(k)) => k,
+        _ => return Err(ContextError::InvalidKey(USER_KIND.to_owned())),
+    };
+    let name = optional_string("name", object.remove("name"))?;
+    let anonymous = optional_bool("anonymous", object.remove("anonymous"))?;
+    let mut attributes = Map::new();
+    for attr in OLD_USER_STRINGS {
+        if let Some(v) = optional_string(attr, object.remove(attr))? {
+            attributes.insert(attr.to_owned(), v);
+        }
+    }
+    // `secondary` was retired with contexts: it is accepted and ignored.
+    optional_string("secondary", object.remove("secondary"))?;
+    match object.remove("custom") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(custom)) => {
+            for (k, v) in custom {
+                let reserved = matches!(k.as_str(), "kind" | "key" | "name" | "anonymous" | "_meta");
+                if !reserved && !v.is_null() && !attributes.contains_key(&k) {
+                    attributes.insert(k, v);
+                }
+            }
+        }
+        Some(_) => {
+            return Err(ContextError::WrongType { attribute: "custom".to_owned(), expected: "an object" });
+        }
+    }
+    let private_attributes = string_list("privateAttributeNames", object.remove("privateAttributeNames"))?
+        .iter()
+        .map(|s| AttrRef::literal(s))
+        .collect();
+    Ok(SingleContext {
+        kind: Value::String(USER_KIND.to_owned()),
+        key: Value::String(key),
+        name,
+        anonymous: Value::Bool(anonymous),
+        attributes,
+        private_attributes,
+    })
+}
+
+impl<'de> serde::Deserialize<'de> for Context {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        Context::from_value(value).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ctx(v: Value) -> Result<Context, ContextError> {
+        Context::from_value(v)
+    }
+
+    #[test]
+    fn single_kind_contexts() {
+        let c = ctx(json!({"kind":"org","key":"a:b%c","name":"Acme","tier":3,"gone":null})).unwrap();
+        assert!(!c.is_multi());
+        assert_eq!(c.fully_qualified_key(), "org:a%3Ab%25c");
+        let org = c.individual("org").unwrap();
+        assert_eq!(org.get(&AttrRef::parse("tier")), Some(&json!(3)));
+        assert_eq!(org.get(&AttrRef::parse("gone")), None);
+        assert_eq!(org.get(&AttrRef::parse("kind")), Some(&json!("org")));
+        assert_eq!(org.get(&AttrRef::parse("anonymous")), Some(&json!(false)));
+        assert!(c.individual("user").is_none());
+    }
+
+    #[test]
+    fn nested_attribute_paths() {
+        let c = ctx(json!({"kind":"user","key":"k","address":{"city":"Oslo","a/b":1}})).unwrap();
+        let u = c.individual("user").unwrap();
+        assert_eq!(u.get(&AttrRef::parse("/address/city")), Some(&json!("Oslo")));
+        assert_eq!(u.get(&AttrRef::parse("/address/a~1b")), Some(&json!(1)));
+        assert_eq!(u.get(&AttrRef::parse("/address/zip")), None);
+        assert_eq!(u.get(&AttrRef::parse("/key/x")), None);
+        assert_eq!(u.get(&AttrRef::parse("//")), None);
+    }
+
+    #[test]
+    fn multi_kind_contexts_sort_by_kind() {
+        let c = ctx(json!({"kind":"multi","user":{"key":"u"},"org":{"key":"o"}})).unwrap();
+        assert!(c.is_multi());
+        assert_eq!(c.kinds().collect::<Vec<_>>(), ["org", "user"]);
+        assert_eq!(c.fully_qualified_key(), "org:o:user:u");
+        assert_eq!(c.key(), "");
+        let one = ctx(json!({"kind":"multi","org":{"key":"o"}})).unwrap();
+        assert!(!one.is_multi());
+        assert_eq!(one.fully_qualified_key(), "org:o");
+    }
+
+    #[test]
+    fn old_style_users() {
+        let c = ctx(json!({"key":"u","email":"a@b","custom":{"email":"x","groups":["a"],"key":"no"},
+            "privateAttributeNames":["email"]}))
+        .unwrap();
+        let u = c.individual("user").unwrap();
+        assert_eq!(u.get(&AttrRef::parse("email")), Some(&json!("a@b")));
+        assert_eq!(u.get(&AttrRef::parse("groups")), Some(&json!(["a"])));
+        assert_eq!(u.key(), "u");
+        assert_eq!(u.private_attributes(), [AttrRef::literal("email")]);
+        assert!(ctx(json!({"key":""})).is_ok());
+    }
+
+    #[test]
+    fn invalid_contexts_are_errors() {
+        assert!(matches!(ctx(json!([])), Err(ContextError::NotAnObject(_))));
+        assert!(matches!(ctx(json!({"kind":"user"})), Err(ContextError::InvalidKey(_))));
+        assert!(matches!(ctx(json!({"kind":"user","key":""})), Err(ContextError::InvalidKey(_))));
+        assert!(matches!(ctx(json!({"kind":"kind","key":"k"})), Err(ContextError::InvalidKind(_))));
+        assert!(matches!(ctx(json!({"kind":"a b","key":"k"})), Err(ContextError::InvalidKind(_))));
+        assert!(matches!(ctx(json!({"kind":"","key":"k"})), Err(ContextError::InvalidKind(_))));
+        assert!(matches!(ctx(json!({"kind":null,"key":"k"})), Err(ContextError::InvalidKind(_))));
+        assert!(matches!(ctx(json!({"kind":"multi"})), Err(ContextError::EmptyMulti)));
+        assert!(matches!(ctx(json!({"kind":"user","key":"k","name":3})), Err(ContextError::WrongType { .. })));
+        assert!(matches!(ctx(json!({"key":"k","ip":false})), Err(ContextError::WrongType { .. })));
+        assert!(matches!(ctx(json!({})), Err(ContextError::InvalidKey(_))));
+        assert!(Context::from_json(b"{").is_err());
+    }
+}
