@@ -33,11 +33,8 @@ impl AttrRef {
     /// A literal attribute name, as in data written before contexts existed (clauses with no `contextKind`):
     /// `/` and `~` have no special meaning.
     pub fn literal(name: &str) -> AttrRef {
-        let parsed = if name.is_empty() {
-            Err(AttrRefError::Empty)
-        } else {
-            Ok(vec![name.to_owned()].into_boxed_slice())
-        };
+        let parsed =
+            if name.is_empty() { Err(AttrRefError::Empty) } else { Ok(vec![name.to_owned()].into_boxed_slice()) };
         AttrRef { raw: name.to_owned(), parsed }
     }
 

@@ -131,8 +131,7 @@ pub struct Context {
 impl Context {
     /// Reads a context from JSON bytes.
     pub fn from_json(bytes: &[u8]) -> Result<Context, ContextError> {
-        let value: Value =
-            serde_json::from_slice(bytes).map_err(|e| ContextError::NotAnObject(e.to_string()))?;
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| ContextError::NotAnObject(e.to_string()))?;
         Context::from_value(value)
     }
 

@@ -158,7 +158,11 @@ impl<'a, S: Store + ?Sized, R: PrerequisiteRecorder<'a> + ?Sized> Scope<'a, '_, 
                 }
                 let passed = prereq_flag.on
                     && result.variation_index.is_some_and(|i| i64::try_from(i).ok() == Some(prereq.variation));
-                self.recorder.record(PrerequisiteEvent { target_flag: flag, prerequisite_flag: prereq_flag, detail: result });
+                self.recorder.record(PrerequisiteEvent {
+                    target_flag: flag,
+                    prerequisite_flag: prereq_flag,
+                    detail: result,
+                });
                 if !passed {
                     return (off_value(flag, Reason::PrerequisiteFailed { prerequisite_key: &prereq.key }), true);
                 }
@@ -311,10 +315,14 @@ impl<'a, S: Store + ?Sized, R: PrerequisiteRecorder<'a> + ?Sized> Scope<'a, '_, 
             return Ok(false);
         }
         let user_key = self.context.individual(USER_KIND).map(|u| u.key());
-        if user_key.is_some_and(|k| segment.included_set.contains(k)) || self.in_segment_targets(&segment.included_contexts) {
+        if user_key.is_some_and(|k| segment.included_set.contains(k))
+            || self.in_segment_targets(&segment.included_contexts)
+        {
             return Ok(true);
         }
-        if user_key.is_some_and(|k| segment.excluded_set.contains(k)) || self.in_segment_targets(&segment.excluded_contexts) {
+        if user_key.is_some_and(|k| segment.excluded_set.contains(k))
+            || self.in_segment_targets(&segment.excluded_contexts)
+        {
             return Ok(false);
         }
         for rule in &segment.rules {
@@ -326,9 +334,7 @@ impl<'a, S: Store + ?Sized, R: PrerequisiteRecorder<'a> + ?Sized> Scope<'a, '_, 
     }
 
     fn in_segment_targets(&self, targets: &[crate::model::SegmentTarget]) -> bool {
-        targets
-            .iter()
-            .any(|t| self.context.individual(t.kind()).is_some_and(|c| t.key_set.contains(c.key())))
+        targets.iter().any(|t| self.context.individual(t.kind()).is_some_and(|c| t.key_set.contains(c.key())))
     }
 
     fn segment_rule_matches(

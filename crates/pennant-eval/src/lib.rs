@@ -35,13 +35,11 @@ pub use attr_ref::{AttrRef, AttrRefError};
 pub use bucket::bucket_value;
 pub use context::{Context, ContextError, Kind, SingleContext};
 pub use eval::{
-    Detail, MAX_NESTING_DEPTH, NoRecorder, PrerequisiteEvent, PrerequisiteRecorder, evaluate,
-    evaluate_with_recorder,
+    Detail, MAX_NESTING_DEPTH, NoRecorder, PrerequisiteEvent, PrerequisiteRecorder, evaluate, evaluate_with_recorder,
 };
 pub use model::{
-    ClientSideAvailability, Clause, Flag, FlagRule, MigrationSettings, Operator, Prerequisite,
-    Rollout, RolloutKind, Segment, SegmentRule, SegmentTarget, Target, VariationOrRollout,
-    WeightedVariation,
+    Clause, ClientSideAvailability, Flag, FlagRule, MigrationSettings, Operator, Prerequisite, Rollout, RolloutKind,
+    Segment, SegmentRule, SegmentTarget, Target, VariationOrRollout, WeightedVariation,
 };
 pub use reason::{BigSegmentsStatus, ErrorKind, Reason};
 pub use store::{MemoryStore, Store};

@@ -79,10 +79,8 @@ pub struct Flag {
 impl Flag {
     /// Where the flag may be evaluated client-side.
     pub fn client_side_availability(&self) -> ClientSideAvailability {
-        self.client_side_availability.unwrap_or(ClientSideAvailability {
-            using_mobile_key: true,
-            using_environment_id: self.client_side,
-        })
+        self.client_side_availability
+            .unwrap_or(ClientSideAvailability { using_mobile_key: true, using_environment_id: self.client_side })
     }
 }
 
@@ -264,9 +262,10 @@ fn lenient_rollout_kind<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Rollou
 impl From<RolloutData> for Rollout {
     fn from(d: RolloutData) -> Rollout {
         // With a context kind the data is context-aware and bucketBy is a reference; without one it is a name.
-        let bucket_by_ref = d.bucket_by.as_deref().map(|b| {
-            if d.context_kind.is_some() { AttrRef::parse(b) } else { AttrRef::literal(b) }
-        });
+        let bucket_by_ref = d
+            .bucket_by
+            .as_deref()
+            .map(|b| if d.context_kind.is_some() { AttrRef::parse(b) } else { AttrRef::literal(b) });
         Rollout {
             kind: d.kind,
             context_kind: d.context_kind,
@@ -627,9 +626,10 @@ struct SegmentRuleData {
 
 impl From<SegmentRuleData> for SegmentRule {
     fn from(d: SegmentRuleData) -> SegmentRule {
-        let bucket_by_ref = d.bucket_by.as_deref().map(|b| {
-            if d.rollout_context_kind.is_some() { AttrRef::parse(b) } else { AttrRef::literal(b) }
-        });
+        let bucket_by_ref = d
+            .bucket_by
+            .as_deref()
+            .map(|b| if d.rollout_context_kind.is_some() { AttrRef::parse(b) } else { AttrRef::literal(b) });
         SegmentRule {
             id: d.id,
             clauses: d.clauses,
@@ -658,9 +658,22 @@ mod tests {
         let flag: Flag = serde_json::from_value(json!({"key": "f"})).unwrap();
         let out = serde_json::to_value(&flag).unwrap();
         for field in [
-            "key", "version", "on", "prerequisites", "salt", "targets", "contextTargets", "rules", "fallthrough",
-            "offVariation", "variations", "clientSide", "trackEvents", "trackEventsFallthrough",
-            "debugEventsUntilDate", "deleted",
+            "key",
+            "version",
+            "on",
+            "prerequisites",
+            "salt",
+            "targets",
+            "contextTargets",
+            "rules",
+            "fallthrough",
+            "offVariation",
+            "variations",
+            "clientSide",
+            "trackEvents",
+            "trackEventsFallthrough",
+            "debugEventsUntilDate",
+            "deleted",
         ] {
             assert!(out.get(field).is_some(), "missing {field} in {out}");
         }

@@ -30,23 +30,18 @@ impl PreparedValues {
     pub(crate) fn new(op: &Operator, values: &[Value]) -> PreparedValues {
         match op {
             Operator::In if values.len() > IN_SET_THRESHOLD => {
-                let strings: Vec<String> =
-                    values.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+                let strings: Vec<String> = values.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect();
                 PreparedValues::InSet(KeySet::new(&strings))
             }
             Operator::Matches => PreparedValues::Regexes(
                 values
                     .iter()
                     .map(|v| {
-                        v.as_str().and_then(|s| {
-                            regex::RegexBuilder::new(s).size_limit(REGEX_SIZE_LIMIT).build().ok()
-                        })
+                        v.as_str().and_then(|s| regex::RegexBuilder::new(s).size_limit(REGEX_SIZE_LIMIT).build().ok())
                     })
                     .collect(),
             ),
-            Operator::Before | Operator::After => {
-                PreparedValues::Times(values.iter().map(to_time).collect())
-            }
+            Operator::Before | Operator::After => PreparedValues::Times(values.iter().map(to_time).collect()),
             Operator::SemVerEqual | Operator::SemVerLessThan | Operator::SemVerGreaterThan => {
                 PreparedValues::Versions(values.iter().map(to_semver).collect())
             }
@@ -135,19 +130,42 @@ pub(crate) fn to_semver(value: &Value) -> Option<semver::Version> {
 }
 
 fn parse_semver_missing_parts(s: &str) -> Option<semver::Version> {
-    // Split off the pre-release/build suffix, then pad the numeric core to three parts.
+    // "2" and "2.1" with an optional "-pre.release" and "+build": built directly rather than by padding the
+    // string, so that evaluating a context's short version does not allocate.
     let core_end = s.find(['-', '+']).unwrap_or(s.len());
     let (core, suffix) = s.split_at(core_end);
-    let dots = core.bytes().filter(|&b| b == b'.').count();
-    let padding = match dots {
-        0 => ".0.0",
-        1 => ".0",
-        _ => return None,
+    let mut parts = core.split('.');
+    let major = numeric_identifier(parts.next()?)?;
+    let minor = match parts.next() {
+        Some(p) => numeric_identifier(p)?,
+        None => 0,
     };
-    if core.is_empty() || !core.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+    if parts.next().is_some() {
+        return None; // Three parts would have parsed as a full version.
+    }
+    let pre = match suffix.strip_prefix('-') {
+        Some(rest) => {
+            let pre = &rest[..rest.find('+').unwrap_or(rest.len())];
+            if pre.is_empty() {
+                return None;
+            }
+            semver::Prerelease::new(pre).ok()?
+        }
+        None => semver::Prerelease::EMPTY,
+    };
+    let build = suffix.find('+').map(|i| &suffix[i + 1..]);
+    if build.is_some_and(|b| b.is_empty() || semver::BuildMetadata::new(b).is_err()) {
         return None;
     }
-    semver::Version::parse(&format!("{core}{padding}{suffix}")).ok()
+    let mut version = semver::Version::new(major, minor, 0);
+    version.pre = pre;
+    Some(version)
+}
+
+/// A SemVer numeric identifier: digits, no leading zero.
+fn numeric_identifier(part: &str) -> Option<u64> {
+    let valid = !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) && (part == "0" || !part.starts_with('0'));
+    if valid { part.parse().ok() } else { None }
 }
 
 #[cfg(test)]
@@ -193,6 +211,11 @@ mod tests {
             (SemVerLessThan, json!("2.0.0-rc1"), json!("2.0.0"), true),
             (SemVerGreaterThan, json!("2.0.1"), json!("2.0"), true),
             (SemVerEqual, json!("v2.0.0"), json!("2.0.0"), false),
+            (SemVerEqual, json!("2.1-beta+b"), json!("2.1.0-beta"), true),
+            (SemVerEqual, json!("2."), json!("2.0.0"), false),
+            (SemVerEqual, json!("2.01"), json!("2.1.0"), false),
+            (SemVerEqual, json!("2-"), json!("2.0.0"), false),
+            (SemVerEqual, json!("2+"), json!("2.0.0"), false),
             (SegmentMatch, json!("x"), json!("x"), false),
             (Unknown("whatever".into()), json!("x"), json!("x"), false),
         ];

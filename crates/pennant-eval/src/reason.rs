@@ -97,10 +97,7 @@ impl Reason<'_> {
 
     /// True when an experiment rollout chose the value.
     pub fn in_experiment(&self) -> bool {
-        matches!(
-            self,
-            Reason::Fallthrough { in_experiment: true } | Reason::RuleMatch { in_experiment: true, .. }
-        )
+        matches!(self, Reason::Fallthrough { in_experiment: true } | Reason::RuleMatch { in_experiment: true, .. })
     }
 
     /// Serialises with a big-segments status, as LaunchDarkly does when an evaluation used big segments.
