@@ -22,12 +22,35 @@ pub enum AttrRefError {
 pub struct AttrRef {
     raw: String,
     parsed: Result<Box<[String]>, AttrRefError>,
+    // Which top-level attribute the path starts at, decided once so lookups need no string matching.
+    head: Head,
+}
+
+/// The top-level attribute a reference starts at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Head {
+    Kind,
+    Key,
+    Name,
+    Anonymous,
+    Custom,
+}
+
+fn head_of(parsed: &Result<Box<[String]>, AttrRefError>) -> Head {
+    match parsed.as_ref().ok().and_then(|c| c.first()).map(String::as_str) {
+        Some("kind") => Head::Kind,
+        Some("key") => Head::Key,
+        Some("name") => Head::Name,
+        Some("anonymous") => Head::Anonymous,
+        _ => Head::Custom,
+    }
 }
 
 impl AttrRef {
     /// Parses a reference in the context-aware syntax: a leading `/` starts a path, anything else is one name.
     pub fn parse(raw: &str) -> AttrRef {
-        AttrRef { raw: raw.to_owned(), parsed: parse_components(raw) }
+        let parsed = parse_components(raw);
+        AttrRef { raw: raw.to_owned(), head: head_of(&parsed), parsed }
     }
 
     /// A literal attribute name, as in data written before contexts existed (clauses with no `contextKind`):
@@ -35,7 +58,7 @@ impl AttrRef {
     pub fn literal(name: &str) -> AttrRef {
         let parsed =
             if name.is_empty() { Err(AttrRefError::Empty) } else { Ok(vec![name.to_owned()].into_boxed_slice()) };
-        AttrRef { raw: name.to_owned(), parsed }
+        AttrRef { raw: name.to_owned(), head: head_of(&parsed), parsed }
     }
 
     /// The reference for `key`.
@@ -54,6 +77,28 @@ impl AttrRef {
             Ok(c) => Ok(c),
             Err(e) => Err(*e),
         }
+    }
+
+    /// True unless the reference is invalid.
+    #[inline]
+    pub fn is_valid(&self) -> bool {
+        self.parsed.is_ok()
+    }
+
+    /// True for exactly the top-level attribute `kind`.
+    #[inline]
+    pub(crate) fn is_kind(&self) -> bool {
+        self.head == Head::Kind && matches!(&self.parsed, Ok(c) if c.len() == 1)
+    }
+
+    #[inline]
+    pub(crate) fn head(&self) -> Head {
+        self.head
+    }
+
+    #[inline]
+    pub(crate) fn parsed(&self) -> Option<&[String]> {
+        self.parsed.as_deref().ok()
     }
 
     /// True if this is exactly the top-level attribute `name`.

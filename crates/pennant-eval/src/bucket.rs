@@ -64,13 +64,32 @@ pub(crate) fn context_bucket(context: &Context, spec: &BucketSpec<'_>) -> Result
         _ => Some(individual.key_value()),
     };
     let Some(id) = value.and_then(bucketable) else { return Ok(Some(0.0)) };
+    let mut int_buf = itoa::Buffer::new();
+    let id = match id {
+        Bucketable::Str(s) => s,
+        Bucketable::Int(i) => int_buf.format(i),
+    };
+    // Assemble the whole hash input on the stack when it fits: one `update` is markedly cheaper than five.
+    let mut seed_buf = itoa::Buffer::new();
+    let parts: [&str; 5] = match spec.seed {
+        Some(seed) => [seed_buf.format(seed), ".", id, "", ""],
+        None => [spec.key, ".", spec.salt, ".", id],
+    };
+    let mut buf = [0u8; 192];
+    let mut len = 0;
     let mut hasher = Sha1::new();
-    write_prefix(&mut hasher, spec.key, spec.salt, spec.seed);
-    hasher.update(b".");
-    match id {
-        Bucketable::Str(s) => hasher.update(s.as_bytes()),
-        Bucketable::Int(i) => hasher.update(itoa::Buffer::new().format(i).as_bytes()),
+    for part in parts {
+        let bytes = part.as_bytes();
+        if len + bytes.len() <= buf.len() {
+            buf[len..len + bytes.len()].copy_from_slice(bytes);
+            len += bytes.len();
+        } else {
+            hasher.update(&buf[..len]);
+            len = 0;
+            hasher.update(bytes);
+        }
     }
+    hasher.update(&buf[..len]);
     Ok(Some(finish(hasher)))
 }
 

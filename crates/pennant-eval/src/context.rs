@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::attr_ref::AttrRef;
+use crate::attr_ref::{AttrRef, Head};
 
 /// A context kind such as `user` or `org`.
 pub type Kind = str;
@@ -85,25 +85,21 @@ impl SingleContext {
 
     /// Looks up an attribute by reference. Path components after the first descend into JSON objects.
     /// Returns `None` for missing attributes and for invalid references.
+    #[inline]
     pub fn get(&self, reference: &AttrRef) -> Option<&Value> {
-        let components = reference.components().ok()?;
+        let components = reference.parsed()?;
         let (first, rest) = components.split_first()?;
-        let mut value = self.top_level(first)?;
+        let mut value = match reference.head() {
+            Head::Kind => &self.kind,
+            Head::Key => &self.key,
+            Head::Name => self.name.as_ref()?,
+            Head::Anonymous => &self.anonymous,
+            Head::Custom => self.attributes.get(first.as_str())?,
+        };
         for name in rest {
             value = value.as_object()?.get(name.as_str())?;
         }
         Some(value)
-    }
-
-    #[inline]
-    fn top_level(&self, name: &str) -> Option<&Value> {
-        match name {
-            "kind" => Some(&self.kind),
-            "key" => Some(&self.key),
-            "name" => self.name.as_ref(),
-            "anonymous" => Some(&self.anonymous),
-            _ => self.attributes.get(name),
-        }
     }
 
     fn fully_qualified_part(&self, out: &mut String) {

@@ -27,10 +27,12 @@ pub struct Detail<'a> {
 }
 
 impl<'a> Detail<'a> {
+    #[inline]
     fn error(error_kind: ErrorKind) -> Detail<'a> {
         Detail { value: None, variation_index: None, reason: Reason::Error { error_kind }, big_segments_status: None }
     }
 
+    #[inline]
     fn empty(reason: Reason<'a>) -> Detail<'a> {
         Detail { value: None, variation_index: None, reason, big_segments_status: None }
     }
@@ -273,8 +275,10 @@ impl<'a, S: Store + ?Sized, R: PrerequisiteRecorder<'a> + ?Sized> Scope<'a, '_, 
         if clause.op == Operator::SegmentMatch {
             return self.segment_match(clause, chain);
         }
-        clause.attr.components().map_err(|_| Malformed)?;
-        if clause.attr.is_top_level("kind") {
+        if !clause.attr.is_valid() {
+            return Err(Malformed);
+        }
+        if clause.attr.is_kind() {
             let matched = self.context.kinds().any(|kind| kind_matches(clause, kind));
             return Ok(matched != clause.negate);
         }
@@ -374,6 +378,7 @@ fn kind_matches(clause: &Clause, kind: &str) -> bool {
     }
 }
 
+#[inline]
 fn variation_detail<'a>(flag: &'a Flag, index: i64, reason: Reason<'a>) -> Detail<'a> {
     match usize::try_from(index).ok().and_then(|i| flag.variations.get(i).map(|v| (i, v))) {
         Some((i, value)) => Detail { value: Some(value), variation_index: Some(i), reason, big_segments_status: None },
@@ -381,6 +386,7 @@ fn variation_detail<'a>(flag: &'a Flag, index: i64, reason: Reason<'a>) -> Detai
     }
 }
 
+#[inline]
 fn off_value<'a>(flag: &'a Flag, reason: Reason<'a>) -> Detail<'a> {
     match flag.off_variation {
         Some(index) => variation_detail(flag, index, reason),

@@ -27,6 +27,7 @@ mod model;
 mod operators;
 mod reason;
 mod store;
+mod validate;
 mod value;
 mod variation;
 
@@ -43,6 +44,7 @@ pub use model::{
 };
 pub use reason::{BigSegmentsStatus, ErrorKind, Reason};
 pub use store::{MemoryStore, Store};
+pub use validate::{ValidationIssue, is_valid_key, validate_flag, validate_segment};
 pub use value::json_equal;
 pub use variation::{ValueType, VariationDetail, variation_detail};
 

@@ -132,7 +132,9 @@ impl Serialize for ReasonJson<'_, '_> {
             }
             Reason::RuleMatch { rule_index, rule_id, in_experiment } => {
                 map.serialize_entry("ruleIndex", &rule_index)?;
-                map.serialize_entry("ruleId", rule_id)?;
+                if !rule_id.is_empty() {
+                    map.serialize_entry("ruleId", rule_id)?;
+                }
                 if in_experiment {
                     map.serialize_entry("inExperiment", &true)?;
                 }

@@ -9,10 +9,8 @@ pub fn json_equal(a: &Value, b: &Value) -> bool {
         (Value::Null, Value::Null) => true,
         (Value::Bool(x), Value::Bool(y)) => x == y,
         (Value::String(x), Value::String(y)) => x == y,
-        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
-            (Some(i), Some(j)) => i == j,
-            _ => x.as_f64() == y.as_f64(),
-        },
+        // LaunchDarkly's SDKs hold every JSON number as an f64, so integers beyond 2^53 compare as f64 too.
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
         (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| json_equal(p, q)),
         (Value::Object(x), Value::Object(y)) => {
             x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
@@ -31,9 +29,7 @@ pub(crate) fn bucketable(value: &Value) -> Option<Bucketable<'_>> {
     match value {
         Value::String(s) => Some(Bucketable::Str(s)),
         Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                return Some(Bucketable::Int(i));
-            }
+            // As f64 first, like LaunchDarkly's SDKs: 2^53 + 1 buckets as 2^53.
             let f = n.as_f64()?;
             // Only integral values in i64's range bucket; 2^63 as f64 is the first value out of range.
             if f.fract() == 0.0 && (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&f) {
@@ -60,5 +56,6 @@ mod tests {
         assert!(!json_equal(&json!(true), &json!(1)));
         assert!(!json_equal(&json!({"a": 1}), &json!({"a": 1, "b": 2})));
         assert!(!json_equal(&json!(null), &json!(false)));
+        assert!(json_equal(&json!(9_007_199_254_740_993_u64), &json!(9_007_199_254_740_992_u64)));
     }
 }
