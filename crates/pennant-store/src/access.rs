@@ -10,7 +10,7 @@ use crate::error::{Result, StoreError};
 use crate::model::Actor;
 
 /// What a member or token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Read everything.
@@ -43,7 +43,7 @@ impl Role {
 }
 
 /// A person who signs in to the dashboard.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Member {
     /// ID.
@@ -62,7 +62,7 @@ pub struct Member {
 }
 
 /// An API access token (never includes the secret, which is shown once at creation).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ApiToken {
     /// ID.
@@ -82,7 +82,7 @@ pub struct ApiToken {
 }
 
 /// What to create a token with.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewToken {
     /// Name.

@@ -12,7 +12,7 @@ use crate::resources::{ListQuery, Page, new_row};
 pub(crate) const KIND: &str = "environment";
 
 /// What an SDK credential gives access to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvCredential {
     /// `sdk`, `mobile` or `client`.

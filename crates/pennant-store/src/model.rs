@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use pennant_eval::{ClientSideAvailability, FlagRule, Prerequisite, Target, VariationOrRollout};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 /// Who made a change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Actor {
     /// `member`, `token` or `system`.
@@ -26,7 +27,7 @@ impl Actor {
 }
 
 /// Version and timestamps kept alongside every resource.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Meta {
     /// Raised by every write; used for optimistic concurrency.
@@ -40,7 +41,7 @@ pub struct Meta {
 }
 
 /// A resource with its metadata. Serialises as the resource's fields plus `_version`, `_createdAt`, ….
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Record<T> {
     /// The resource.
     #[serde(flatten)]
@@ -60,7 +61,7 @@ pub struct Record<T> {
 }
 
 /// A project: flags and environments live in one.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Project {
     /// Unique key.
@@ -73,7 +74,7 @@ pub struct Project {
 }
 
 /// An environment of a project, with its SDK credentials.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Environment {
     /// Unique key within the project.
@@ -105,10 +106,11 @@ fn default_color() -> String {
 }
 
 /// One variation of a flag.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Variation {
     /// The value served.
+    #[schema(value_type = Object)]
     pub value: Value,
     /// Display name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,7 +121,7 @@ pub struct Variation {
 }
 
 /// Variations new environments start with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FlagDefaults {
     /// Served when the flag is turned on (the fallthrough).
@@ -129,7 +131,7 @@ pub struct FlagDefaults {
 }
 
 /// A flag's targeting in one environment: everything LaunchDarkly's SDK flag has that varies by environment.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FlagEnvConfig {
     /// Targeting on.
@@ -137,21 +139,26 @@ pub struct FlagEnvConfig {
     pub on: bool,
     /// User keys targeted individually.
     #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
     pub targets: Vec<Target>,
     /// Keys of any kind targeted individually.
     #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
     pub context_targets: Vec<Target>,
     /// Rules, first match wins.
     #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
     pub rules: Vec<FlagRule>,
     /// Served when nothing matched.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub fallthrough: VariationOrRollout,
     /// Served when off.
     #[serde(default)]
     pub off_variation: Option<i64>,
     /// Prerequisite flags.
     #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
     pub prerequisites: Vec<Prerequisite>,
     /// Bucketing salt.
     #[serde(default)]
@@ -168,7 +175,7 @@ pub struct FlagEnvConfig {
 }
 
 /// A feature flag with its configuration in every environment of its project.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FlagDoc {
     /// Unique key within the project.
@@ -191,6 +198,7 @@ pub struct FlagDoc {
     pub variations: Vec<Variation>,
     /// Which client-side SDKs may evaluate it.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub client_side_availability: ClientSideAvailability,
     /// Variations new environments start with (default: on → first, off → last).
     #[serde(default)]
@@ -248,7 +256,7 @@ impl FlagDoc {
 }
 
 /// A segment in one environment.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SegmentDoc {
     /// Display name.
@@ -262,11 +270,12 @@ pub struct SegmentDoc {
     pub tags: Vec<String>,
     /// Membership, in LaunchDarkly's SDK shape (key, included, excluded, rules, …).
     #[serde(flatten)]
+    #[schema(value_type = Object)]
     pub segment: pennant_eval::Segment,
 }
 
 /// A context kind known to a project.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ContextKind {
     /// The kind, e.g. `org`.
@@ -279,7 +288,7 @@ pub struct ContextKind {
 }
 
 /// Which changes a webhook receives.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WebhookFilter {
     /// Project keys (empty: all).
@@ -294,7 +303,7 @@ pub struct WebhookFilter {
 }
 
 /// A webhook subscription.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Webhook {
     /// ID.
@@ -317,7 +326,7 @@ pub struct Webhook {
 }
 
 /// One changelog entry: a change Pennant made, or one recorded from outside (a deploy, a config change).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChangelogEntry {
     /// Monotonic ID.
@@ -337,9 +346,12 @@ pub struct ChangelogEntry {
     /// Comment given with the change.
     pub comment: String,
     /// The resource before.
+    #[schema(value_type = Option<Object>)]
     pub before: Option<Value>,
     /// The resource after.
+    #[schema(value_type = Option<Object>)]
     pub after: Option<Value>,
     /// RFC 6902 JSON Patch from before to after.
+    #[schema(value_type = Vec<Object>)]
     pub diff: Value,
 }

@@ -123,7 +123,7 @@ pub struct ListQuery {
 }
 
 /// One page of a list.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Page<T> {
     /// The items.
@@ -323,7 +323,7 @@ impl Store {
 }
 
 /// A change made outside Pennant, recorded so that it shows in the same timeline as flag changes.
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExternalChange {
     /// What changed: `deploy`, `config`, `instance-type`, `cost`, …
@@ -340,6 +340,7 @@ pub struct ExternalChange {
     pub comment: String,
     /// Any JSON details (versions, links).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub details: Option<Value>,
 }
 
