@@ -11,6 +11,7 @@ pub mod extract;
 pub mod patch;
 pub mod routes;
 pub mod state;
+pub mod webhooks;
 
 use axum::Json;
 use axum::Router;
@@ -22,13 +23,14 @@ use utoipa_axum::router::OpenApiRouter;
 pub use error::{ApiError, ApiResult, ErrorCode};
 pub use routes::access::hash_password;
 pub use state::{ApiLimits, ApiState};
+pub use webhooks::{WebhookOptions, spawn_webhook_dispatcher};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Pennant management API", description = "Projects, environments, flags, segments, changelog and access."),
     tags(
         (name = "projects"), (name = "environments"), (name = "flags"), (name = "segments"),
-        (name = "changelog"), (name = "access")
+        (name = "changelog"), (name = "access"), (name = "webhooks")
     ),
     components(schemas(error::ErrorBody))
 )]
@@ -38,8 +40,11 @@ fn api_router() -> OpenApiRouter<ApiState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(routes::projects::router())
         .merge(routes::environments::router())
+        .merge(routes::flags::router())
+        .merge(routes::segments::router())
         .merge(routes::changelog::router())
         .merge(routes::access::router())
+        .merge(routes::webhooks::router())
 }
 
 /// The OpenAPI document of `/api/v2`.

@@ -1,6 +1,7 @@
 //! Attribute references: `name`, or `/a/b` paths with `~1` for `/` and `~0` for `~` (as in JSON Pointer).
 
 use std::fmt;
+use std::hash::BuildHasher;
 
 /// Why an attribute reference is invalid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -24,6 +25,14 @@ pub struct AttrRef {
     parsed: Result<Box<[String]>, AttrRefError>,
     // Which top-level attribute the path starts at, decided once so lookups need no string matching.
     head: Head,
+    // `name_hash` of the first component, so that custom-attribute lookups need not hash the name.
+    first_hash: u64,
+}
+
+/// The hash custom attributes are indexed by. Fixed rather than per-process random: the hash of a clause's
+/// attribute is computed when the flag is loaded and must agree with every context's index.
+pub(crate) fn name_hash(name: &str) -> u64 {
+    foldhash::fast::FixedState::default().hash_one(name)
 }
 
 /// The top-level attribute a reference starts at.
@@ -47,10 +56,14 @@ fn head_of(parsed: &Result<Box<[String]>, AttrRefError>) -> Head {
 }
 
 impl AttrRef {
+    fn new(raw: &str, parsed: Result<Box<[String]>, AttrRefError>) -> AttrRef {
+        let first_hash = parsed.as_ref().ok().and_then(|c| c.first()).map_or(0, |name| name_hash(name));
+        AttrRef { raw: raw.to_owned(), head: head_of(&parsed), first_hash, parsed }
+    }
+
     /// Parses a reference in the context-aware syntax: a leading `/` starts a path, anything else is one name.
     pub fn parse(raw: &str) -> AttrRef {
-        let parsed = parse_components(raw);
-        AttrRef { raw: raw.to_owned(), head: head_of(&parsed), parsed }
+        AttrRef::new(raw, parse_components(raw))
     }
 
     /// A literal attribute name, as in data written before contexts existed (clauses with no `contextKind`):
@@ -58,7 +71,7 @@ impl AttrRef {
     pub fn literal(name: &str) -> AttrRef {
         let parsed =
             if name.is_empty() { Err(AttrRefError::Empty) } else { Ok(vec![name.to_owned()].into_boxed_slice()) };
-        AttrRef { raw: name.to_owned(), head: head_of(&parsed), parsed }
+        AttrRef::new(name, parsed)
     }
 
     /// The reference for `key`.
@@ -94,6 +107,11 @@ impl AttrRef {
     #[inline]
     pub(crate) fn head(&self) -> Head {
         self.head
+    }
+
+    #[inline]
+    pub(crate) fn first_hash(&self) -> u64 {
+        self.first_hash
     }
 
     #[inline]

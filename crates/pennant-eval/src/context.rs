@@ -1,14 +1,41 @@
 //! Evaluation contexts: single-kind, multi-kind, and old-style user objects.
 
+use std::fmt;
+
 use serde_json::{Map, Value};
 
-use crate::attr_ref::{AttrRef, Head};
+use crate::attr_ref::{AttrRef, Head, name_hash};
+use crate::text;
 
 /// A context kind such as `user` or `org`.
 pub type Kind = str;
 
 /// The default kind, and the kind of old-style users.
 pub const USER_KIND: &str = "user";
+
+/// A context kind named in flag data, resolved when the data is loaded. `user` is by far the most common kind,
+/// and a context remembers where its `user` individual is, so finding it needs no string comparison.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum KindName {
+    #[default]
+    User,
+    Other(Box<str>),
+}
+
+impl KindName {
+    /// The kind named by an optional `contextKind` property: absent or empty means `user`.
+    pub(crate) fn new(kind: Option<&str>) -> KindName {
+        match kind {
+            None | Some("" | USER_KIND) => KindName::User,
+            Some(other) => KindName::Other(other.into()),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn is_user(&self) -> bool {
+        matches!(self, KindName::User)
+    }
+}
 
 /// Why JSON could not be read as a context. Evaluating for such a context gives `USER_NOT_SPECIFIED`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,8 +70,104 @@ pub struct SingleContext {
     key: Value,
     name: Option<Value>,
     anonymous: Value,
-    attributes: Map<String, Value>,
+    attributes: Attributes,
     private_attributes: Vec<AttrRef>,
+}
+
+/// A context's custom attributes (everything but kind, key, name and anonymous), in name order.
+#[derive(Clone, Default)]
+pub struct Attributes {
+    entries: Box<[Entry]>,
+    // An open-addressing table over `entries` indexed by name hash; a slot holds an entry's position plus one, or
+    // 0 when empty. Clauses carry their attribute's hash, so a lookup is usually one probe and one string
+    // comparison, where a JSON object map compares the name with several keys.
+    slots: Box<[u32]>,
+}
+
+#[derive(Clone)]
+struct Entry {
+    hash: u64,
+    name: Box<str>,
+    value: Value,
+}
+
+impl Attributes {
+    fn new(map: Map<String, Value>) -> Attributes {
+        let mut entries: Vec<Entry> = map
+            .into_iter()
+            .map(|(name, value)| Entry { hash: name_hash(&name), name: name.into_boxed_str(), value })
+            .collect();
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        // At most half full, so probe sequences stay short and always reach an empty slot.
+        let mut slots = vec![0u32; (entries.len() * 2).next_power_of_two()];
+        let mask = slots.len() - 1;
+        for (i, entry) in entries.iter().enumerate() {
+            let Ok(slot) = u32::try_from(i + 1) else { break };
+            let mut at = slot_of(entry.hash, mask);
+            while slots.get(at).is_some_and(|&s| s != 0) {
+                at = (at + 1) & mask;
+            }
+            if let Some(s) = slots.get_mut(at) {
+                *s = slot;
+            }
+        }
+        Attributes { entries: entries.into_boxed_slice(), slots: slots.into_boxed_slice() }
+    }
+
+    /// The attribute with this name.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.get_hashed(name, name_hash(name))
+    }
+
+    /// [`Attributes::get`] with the name's hash already computed.
+    #[inline]
+    fn get_hashed(&self, name: &str, hash: u64) -> Option<&Value> {
+        let mask = self.slots.len().wrapping_sub(1);
+        let mut at = slot_of(hash, mask);
+        loop {
+            // An empty slot (or an empty table) ends the search.
+            let position = self.slots.get(at)?.checked_sub(1)?;
+            let entry = self.entries.get(position as usize)?;
+            if entry.hash == hash && text::eq(&entry.name, name) {
+                return Some(&entry.value);
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// The attributes, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.entries.iter().map(|e| (&*e.name, &e.value))
+    }
+
+    /// The number of attributes.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[inline]
+fn slot_of(hash: u64, mask: usize) -> usize {
+    #[allow(clippy::cast_possible_truncation)]
+    let low = hash as usize;
+    low & mask
+}
+
+impl PartialEq for Attributes {
+    fn eq(&self, other: &Attributes) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl fmt::Debug for Attributes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
 }
 
 impl SingleContext {
@@ -74,7 +197,7 @@ impl SingleContext {
     }
 
     /// Custom attributes (everything but kind, key, name and anonymous).
-    pub fn attributes(&self) -> &Map<String, Value> {
+    pub fn attributes(&self) -> &Attributes {
         &self.attributes
     }
 
@@ -85,21 +208,17 @@ impl SingleContext {
 
     /// Looks up an attribute by reference. Path components after the first descend into JSON objects.
     /// Returns `None` for missing attributes and for invalid references.
-    #[inline]
+    #[inline(always)]
     pub fn get(&self, reference: &AttrRef) -> Option<&Value> {
-        let components = reference.parsed()?;
-        let (first, rest) = components.split_first()?;
-        let mut value = match reference.head() {
+        let (first, rest) = reference.parsed()?.split_first()?;
+        let top = match reference.head() {
+            Head::Custom => self.attributes.get_hashed(first, reference.first_hash())?,
             Head::Kind => &self.kind,
             Head::Key => &self.key,
             Head::Name => self.name.as_ref()?,
             Head::Anonymous => &self.anonymous,
-            Head::Custom => self.attributes.get(first.as_str())?,
         };
-        for name in rest {
-            value = value.as_object()?.get(name.as_str())?;
-        }
-        Some(value)
+        if rest.is_empty() { Some(top) } else { descend(top, rest) }
     }
 
     fn fully_qualified_part(&self, out: &mut String) {
@@ -121,6 +240,8 @@ pub struct Context {
     multi: bool,
     // Sorted by kind for multi-kind contexts.
     contexts: Vec<SingleContext>,
+    // The position of the `user` individual in `contexts`.
+    user: Option<usize>,
     fully_qualified_key: String,
 }
 
@@ -155,7 +276,7 @@ impl Context {
             key: Value::String(key.to_owned()),
             name: None,
             anonymous: Value::Bool(false),
-            attributes: Map::new(),
+            attributes: Attributes::default(),
             private_attributes: Vec::new(),
         })
     }
@@ -168,7 +289,8 @@ impl Context {
             context.fully_qualified_part(&mut s);
             s
         };
-        Context { multi: false, contexts: vec![context], fully_qualified_key }
+        let user = (context.kind() == USER_KIND).then_some(0);
+        Context { multi: false, contexts: vec![context], user, fully_qualified_key }
     }
 
     /// True for a multi-kind context.
@@ -184,7 +306,22 @@ impl Context {
     /// The individual context of a kind, if present.
     #[inline]
     pub fn individual(&self, kind: &str) -> Option<&SingleContext> {
-        self.contexts.iter().find(|c| c.kind() == kind)
+        self.contexts.iter().find(|c| text::eq(c.kind(), kind))
+    }
+
+    /// The individual context of a kind named in flag data.
+    #[inline]
+    pub(crate) fn individual_of(&self, kind: &KindName) -> Option<&SingleContext> {
+        match kind {
+            KindName::User => self.user.and_then(|i| self.contexts.get(i)),
+            KindName::Other(kind) => self.individual_by_name(kind),
+        }
+    }
+
+    // Out of line so that the `user` case above inlines as a couple of instructions.
+    #[inline(never)]
+    fn individual_by_name(&self, kind: &str) -> Option<&SingleContext> {
+        self.individual(kind)
     }
 
     /// The kinds present.
@@ -202,6 +339,14 @@ impl Context {
     pub fn key(&self) -> &str {
         if self.multi { "" } else { self.contexts.first().map_or("", SingleContext::key) }
     }
+}
+
+/// The value at `path` inside `value`'s nested objects.
+fn descend<'v>(mut value: &'v Value, path: &[String]) -> Option<&'v Value> {
+    for name in path {
+        value = value.as_object()?.get(name.as_str())?;
+    }
+    Some(value)
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -276,7 +421,7 @@ fn parse_single(kind: String, mut object: Map<String, Value>) -> Result<SingleCo
         key: Value::String(key),
         name,
         anonymous: Value::Bool(anonymous),
-        attributes: object,
+        attributes: Attributes::new(object),
         private_attributes,
     })
 }
@@ -306,7 +451,8 @@ fn parse_multi(object: Map<String, Value>) -> Result<Context, ContextError> {
                 }
                 c.fully_qualified_part(&mut fully_qualified_key);
             }
-            Ok(Context { multi: true, contexts, fully_qualified_key })
+            let user = contexts.iter().position(|c| c.kind() == USER_KIND);
+            Ok(Context { multi: true, contexts, user, fully_qualified_key })
         }
     }
 }
@@ -353,7 +499,7 @@ fn parse_old_user(mut object: Map<String, Value>) -> Result<SingleContext, Conte
         key: Value::String(key),
         name,
         anonymous: Value::Bool(anonymous),
-        attributes,
+        attributes: Attributes::new(attributes),
         private_attributes,
     })
 }
@@ -409,6 +555,29 @@ mod tests {
         let one = ctx(json!({"kind":"multi","org":{"key":"o"}})).unwrap();
         assert!(!one.is_multi());
         assert_eq!(one.fully_qualified_key(), "org:o");
+    }
+
+    #[test]
+    fn custom_attributes_are_found_by_name_at_any_count() {
+        for count in [0, 1, 2, 3, 7, 8, 9, 100] {
+            let mut object = Map::new();
+            for i in 0..count {
+                object.insert(format!("attr{i}"), json!(i));
+            }
+            let attributes = Attributes::new(object);
+            assert_eq!(attributes.len(), count);
+            assert_eq!(attributes.is_empty(), count == 0);
+            for i in 0..count {
+                assert_eq!(attributes.get(&format!("attr{i}")), Some(&json!(i)));
+                assert_eq!(attributes.get(&format!("attr{i}x")), None);
+            }
+            assert_eq!(attributes.get("missing"), None);
+            assert_eq!(attributes.get(""), None);
+            let names: Vec<&str> = attributes.iter().map(|(name, _)| name).collect();
+            let mut sorted = names.clone();
+            sorted.sort_unstable();
+            assert_eq!(names, sorted, "attributes iterate in name order");
+        }
     }
 
     #[test]

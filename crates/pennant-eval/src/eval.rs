@@ -3,9 +3,8 @@
 use serde_json::Value;
 
 use crate::bucket::{BucketSpec, context_bucket};
-use crate::context::{Context, USER_KIND};
-use crate::model::{Clause, Flag, Operator, Rollout, Segment, SegmentRule, Target};
-use crate::operators::match_any;
+use crate::context::{Context, KindName};
+use crate::model::{Clause, ClauseTest, Flag, FlagRule, Rollout, Segment, SegmentRule, Target};
 use crate::reason::{BigSegmentsStatus, ErrorKind, Reason};
 use crate::store::Store;
 
@@ -173,15 +172,12 @@ impl<'a, S: Store + ?Sized, R: PrerequisiteRecorder<'a> + ?Sized> Scope<'a, '_, 
         if let Some(variation) = self.target_match(flag) {
             return (variation_detail(flag, variation, Reason::TargetMatch), true);
         }
-        for (rule_index, rule) in flag.rules.iter().enumerate() {
-            // Segment cycles are tracked on their own chain, which starts empty for each flag.
-            match self.all_clauses_match(&rule.clauses, None) {
-                Err(Malformed) => return (Detail::error(ErrorKind::MalformedFlag), false),
-                Ok(false) => {}
-                Ok(true) => {
-                    let reason = Reason::RuleMatch { rule_index, rule_id: &rule.id, in_experiment: false };
-                    return (self.variation_or_rollout(flag, rule.variation, rule.rollout.as_ref(), reason), true);
-                }
+        match self.matching_rule(&flag.rules) {
+            Err(Malformed) => return (Detail::error(ErrorKind::MalformedFlag), false),
+            Ok(None) => {}
+            Ok(Some((rule_index, rule))) => {
+                let reason = Reason::RuleMatch { rule_index, rule_id: &rule.id, in_experiment: false };
+                return (self.variation_or_rollout(flag, rule.variation, rule.rollout.as_ref(), reason), true);
             }
         }
         let fallthrough = &flag.fallthrough;
@@ -196,7 +192,7 @@ impl<'a, S: Store + ?Sized, R: PrerequisiteRecorder<'a> + ?Sized> Scope<'a, '_, 
         for target in &flag.context_targets {
             // A user-kind entry without keys stands for the `targets` entry of the same variation, so that the
             // old-style list keeps its place in the order.
-            let matched = if target.kind() == USER_KIND && target.values.is_empty() {
+            let matched = if target.kind.is_user() && target.values.is_empty() {
                 flag.targets.iter().find(|t| t.variation == target.variation).is_some_and(|t| self.in_target(t))
             } else {
                 self.in_target(target)
@@ -210,7 +206,7 @@ impl<'a, S: Store + ?Sized, R: PrerequisiteRecorder<'a> + ?Sized> Scope<'a, '_, 
 
     #[inline]
     fn in_target(&self, target: &Target) -> bool {
-        self.context.individual(target.kind()).is_some_and(|c| target.key_set.contains(c.key()))
+        self.context.individual_of(&target.kind).is_some_and(|c| target.key_set.contains(c.key()))
     }
 
     fn variation_or_rollout(
@@ -230,7 +226,7 @@ impl<'a, S: Store + ?Sized, R: PrerequisiteRecorder<'a> + ?Sized> Scope<'a, '_, 
         let spec = BucketSpec {
             is_experiment,
             seed: rollout.seed,
-            kind: rollout.kind_to_bucket(),
+            kind: &rollout.bucket_kind,
             key: &flag.key,
             salt: &flag.salt,
             bucket_by: rollout.bucket_by_ref.as_ref(),
@@ -262,6 +258,18 @@ impl<'a, S: Store + ?Sized, R: PrerequisiteRecorder<'a> + ?Sized> Scope<'a, '_, 
         variation_detail(flag, chosen.variation, reason)
     }
 
+    /// The first rule whose clauses all match, with its index.
+    fn matching_rule(&mut self, rules: &'a [FlagRule]) -> Result<Option<(usize, &'a FlagRule)>, Malformed> {
+        for (index, rule) in rules.iter().enumerate() {
+            // Segment cycles are tracked on their own chain, which starts empty for each flag.
+            if self.all_clauses_match(&rule.clauses, None)? {
+                return Ok(Some((index, rule)));
+            }
+        }
+        Ok(None)
+    }
+
+    #[inline(always)]
     fn all_clauses_match(&mut self, clauses: &'a [Clause], chain: Option<&Chain<'_>>) -> Result<bool, Malformed> {
         for clause in clauses {
             if !self.clause_matches(clause, chain)? {
@@ -271,38 +279,39 @@ impl<'a, S: Store + ?Sized, R: PrerequisiteRecorder<'a> + ?Sized> Scope<'a, '_, 
         Ok(true)
     }
 
+    #[inline(always)]
     fn clause_matches(&mut self, clause: &'a Clause, chain: Option<&Chain<'_>>) -> Result<bool, Malformed> {
-        if clause.op == Operator::SegmentMatch {
-            return self.segment_match(clause, chain);
-        }
-        if !clause.attr.is_valid() {
-            return Err(Malformed);
-        }
-        if clause.attr.is_kind() {
-            let matched = self.context.kinds().any(|kind| kind_matches(clause, kind));
-            return Ok(matched != clause.negate);
-        }
-        let Some(individual) = self.context.individual(clause.kind()) else { return Ok(false) };
+        let kind = match &clause.test {
+            ClauseTest::Attribute { kind } => kind,
+            ClauseTest::Segments(keys) => return self.segment_match(keys, clause.negate, chain),
+            ClauseTest::Kind => return Ok(self.kind_matches(clause)),
+            ClauseTest::Malformed => return Err(Malformed),
+        };
+        let Some(individual) = self.context.individual_of(kind) else { return Ok(false) };
         let matched = match individual.get(&clause.attr) {
             // A missing attribute never matches, whatever `negate` says.
             None | Some(Value::Null) => return Ok(false),
-            Some(Value::Array(items)) => {
-                items.iter().any(|item| match_any(&clause.op, &clause.prepared, &clause.values, item))
-            }
-            Some(value) => match_any(&clause.op, &clause.prepared, &clause.values, value),
+            Some(Value::Array(items)) => items.iter().any(|item| clause.matcher.matches(item)),
+            Some(value) => clause.matcher.matches(value),
         };
         Ok(matched != clause.negate)
     }
 
-    fn segment_match(&mut self, clause: &'a Clause, chain: Option<&Chain<'_>>) -> Result<bool, Malformed> {
-        for value in &clause.values {
-            let Some(key) = value.as_str() else { continue };
+    #[inline(never)]
+    fn kind_matches(&self, clause: &Clause) -> bool {
+        self.context.kinds().any(|kind| clause.matcher.matches_str(kind)) != clause.negate
+    }
+
+    // Out of line: segment lookups are rare next to attribute clauses, whose loop stays small without them.
+    #[inline(never)]
+    fn segment_match(&mut self, keys: &[Box<str>], negate: bool, chain: Option<&Chain<'_>>) -> Result<bool, Malformed> {
+        for key in keys {
             let Some(segment) = self.store.segment(key).filter(|s| !s.deleted) else { continue };
             if self.segment_contains(segment, chain)? {
-                return Ok(!clause.negate);
+                return Ok(!negate);
             }
         }
-        Ok(clause.negate)
+        Ok(negate)
     }
 
     fn segment_contains(&mut self, segment: &'a Segment, chain: Option<&Chain<'_>>) -> Result<bool, Malformed> {
@@ -318,7 +327,7 @@ impl<'a, S: Store + ?Sized, R: PrerequisiteRecorder<'a> + ?Sized> Scope<'a, '_, 
             self.big_segments_status = Some(BigSegmentsStatus::NotConfigured);
             return Ok(false);
         }
-        let user_key = self.context.individual(USER_KIND).map(|u| u.key());
+        let user_key = self.context.individual_of(&KindName::User).map(|u| u.key());
         if user_key.is_some_and(|k| segment.included_set.contains(k))
             || self.in_segment_targets(&segment.included_contexts)
         {
@@ -338,7 +347,7 @@ impl<'a, S: Store + ?Sized, R: PrerequisiteRecorder<'a> + ?Sized> Scope<'a, '_, 
     }
 
     fn in_segment_targets(&self, targets: &[crate::model::SegmentTarget]) -> bool {
-        targets.iter().any(|t| self.context.individual(t.kind()).is_some_and(|c| t.key_set.contains(c.key())))
+        targets.iter().any(|t| self.context.individual_of(&t.kind).is_some_and(|c| t.key_set.contains(c.key())))
     }
 
     fn segment_rule_matches(
@@ -354,7 +363,7 @@ impl<'a, S: Store + ?Sized, R: PrerequisiteRecorder<'a> + ?Sized> Scope<'a, '_, 
         let spec = BucketSpec {
             is_experiment: false,
             seed: None,
-            kind: rule.kind_to_bucket(),
+            kind: &rule.bucket_kind,
             key: &segment.key,
             salt: &segment.salt,
             bucket_by: rule.bucket_by_ref.as_ref(),
@@ -366,15 +375,6 @@ impl<'a, S: Store + ?Sized, R: PrerequisiteRecorder<'a> + ?Sized> Scope<'a, '_, 
             #[allow(clippy::cast_precision_loss)]
             Ok(Some(bucket)) => Ok(bucket < weight as f32 / 100_000.0),
         }
-    }
-}
-
-/// Matches a context kind (a string) against a clause's values.
-fn kind_matches(clause: &Clause, kind: &str) -> bool {
-    match clause.op {
-        Operator::In => clause.values.iter().any(|v| v.as_str() == Some(kind)),
-        // Other operators on `kind` are rare; they get a temporary JSON string.
-        _ => match_any(&clause.op, &clause.prepared, &clause.values, &Value::String(kind.to_owned())),
     }
 }
 

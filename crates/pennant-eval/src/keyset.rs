@@ -8,7 +8,11 @@ pub(crate) struct KeySet(HashSet<Box<str>, foldhash::fast::RandomState>);
 
 impl KeySet {
     pub(crate) fn new<'a>(keys: impl IntoIterator<Item = &'a String>) -> KeySet {
-        KeySet(keys.into_iter().map(|k| Box::from(k.as_str())).collect())
+        KeySet::from_strs(keys.into_iter().map(String::as_str))
+    }
+
+    pub(crate) fn from_strs<'a>(keys: impl IntoIterator<Item = &'a str>) -> KeySet {
+        KeySet(keys.into_iter().map(Box::from).collect())
     }
 
     #[inline]

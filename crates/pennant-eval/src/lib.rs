@@ -27,6 +27,7 @@ mod model;
 mod operators;
 mod reason;
 mod store;
+mod text;
 mod validate;
 mod value;
 mod variation;
@@ -34,7 +35,7 @@ mod variation;
 pub use all_flags::{AllFlagsOptions, AllFlagsState, FlagState, all_flags_state};
 pub use attr_ref::{AttrRef, AttrRefError};
 pub use bucket::bucket_value;
-pub use context::{Context, ContextError, Kind, SingleContext};
+pub use context::{Attributes, Context, ContextError, Kind, SingleContext};
 pub use eval::{
     Detail, MAX_NESTING_DEPTH, NoRecorder, PrerequisiteEvent, PrerequisiteRecorder, evaluate, evaluate_with_recorder,
 };

@@ -7,9 +7,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::attr_ref::AttrRef;
-use crate::context::USER_KIND;
+use crate::context::KindName;
 use crate::keyset::KeySet;
-use crate::operators::PreparedValues;
+use crate::operators::Matcher;
 
 /// A feature flag.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -131,6 +131,8 @@ pub struct Target {
     pub variation: i64,
     #[serde(skip)]
     pub(crate) key_set: KeySet,
+    #[serde(skip)]
+    pub(crate) kind: KindName,
 }
 
 #[derive(Deserialize)]
@@ -154,18 +156,8 @@ impl Target {
     /// Builds a target and its key set.
     pub fn new(context_kind: Option<String>, values: Vec<String>, variation: i64) -> Target {
         let key_set = KeySet::new(&values);
-        Target { context_kind, values, variation, key_set }
-    }
-
-    pub(crate) fn kind(&self) -> &str {
-        kind_or_user(&self.context_kind)
-    }
-}
-
-fn kind_or_user(kind: &Option<String>) -> &str {
-    match kind {
-        Some(k) if !k.is_empty() => k,
-        _ => USER_KIND,
+        let kind = KindName::new(context_kind.as_deref());
+        Target { context_kind, values, variation, key_set, kind }
     }
 }
 
@@ -233,6 +225,8 @@ pub struct Rollout {
     pub seed: Option<i64>,
     #[serde(skip)]
     pub(crate) bucket_by_ref: Option<AttrRef>,
+    #[serde(skip)]
+    pub(crate) bucket_kind: KindName,
 }
 
 #[derive(Deserialize)]
@@ -268,6 +262,7 @@ impl From<RolloutData> for Rollout {
             .map(|b| if d.context_kind.is_some() { AttrRef::parse(b) } else { AttrRef::literal(b) });
         Rollout {
             kind: d.kind,
+            bucket_kind: KindName::new(d.context_kind.as_deref()),
             context_kind: d.context_kind,
             variations: d.variations,
             bucket_by: d.bucket_by,
@@ -281,10 +276,6 @@ impl Rollout {
     /// True for experiments.
     pub fn is_experiment(&self) -> bool {
         self.kind == Some(RolloutKind::Experiment)
-    }
-
-    pub(crate) fn kind_to_bucket(&self) -> &str {
-        kind_or_user(&self.context_kind)
     }
 }
 
@@ -415,7 +406,22 @@ pub struct Clause {
     #[serde(skip)]
     pub(crate) attr: AttrRef,
     #[serde(skip)]
-    pub(crate) prepared: PreparedValues,
+    pub(crate) test: ClauseTest,
+    #[serde(skip)]
+    pub(crate) matcher: Matcher,
+}
+
+/// What a clause tests, decided when it is loaded so that evaluation branches once per clause.
+#[derive(Debug, Clone)]
+pub(crate) enum ClauseTest {
+    /// `segmentMatch`: membership of any of these segments.
+    Segments(Box<[Box<str>]>),
+    /// The attribute reference is invalid, which fails the evaluation.
+    Malformed,
+    /// The attribute `kind`: the matcher sees every kind the context has.
+    Kind,
+    /// An attribute of the individual context of this kind.
+    Attribute { kind: KindName },
 }
 
 #[derive(Deserialize)]
@@ -453,12 +459,17 @@ impl Clause {
         negate: bool,
     ) -> Clause {
         let attr = if context_kind.is_some() { AttrRef::parse(&attribute) } else { AttrRef::literal(&attribute) };
-        let prepared = PreparedValues::new(&op, &values);
-        Clause { context_kind, attribute, op, values, negate, attr, prepared }
-    }
-
-    pub(crate) fn kind(&self) -> &str {
-        kind_or_user(&self.context_kind)
+        let test = if op == Operator::SegmentMatch {
+            ClauseTest::Segments(values.iter().filter_map(Value::as_str).map(Box::from).collect())
+        } else if !attr.is_valid() {
+            ClauseTest::Malformed
+        } else if attr.is_kind() {
+            ClauseTest::Kind
+        } else {
+            ClauseTest::Attribute { kind: KindName::new(context_kind.as_deref()) }
+        };
+        let matcher = Matcher::new(&op, &values);
+        Clause { context_kind, attribute, op, values, negate, attr, test, matcher }
     }
 }
 
@@ -565,6 +576,8 @@ pub struct SegmentTarget {
     pub values: Vec<String>,
     #[serde(skip)]
     pub(crate) key_set: KeySet,
+    #[serde(skip)]
+    pub(crate) kind: KindName,
 }
 
 #[derive(Deserialize)]
@@ -578,13 +591,12 @@ struct SegmentTargetData {
 
 impl From<SegmentTargetData> for SegmentTarget {
     fn from(d: SegmentTargetData) -> SegmentTarget {
-        SegmentTarget { key_set: KeySet::new(&d.values), context_kind: d.context_kind, values: d.values }
-    }
-}
-
-impl SegmentTarget {
-    pub(crate) fn kind(&self) -> &str {
-        if self.context_kind.is_empty() { USER_KIND } else { &self.context_kind }
+        SegmentTarget {
+            key_set: KeySet::new(&d.values),
+            kind: KindName::new(Some(&d.context_kind)),
+            context_kind: d.context_kind,
+            values: d.values,
+        }
     }
 }
 
@@ -607,6 +619,8 @@ pub struct SegmentRule {
     pub rollout_context_kind: Option<String>,
     #[serde(skip)]
     pub(crate) bucket_by_ref: Option<AttrRef>,
+    #[serde(skip)]
+    pub(crate) bucket_kind: KindName,
 }
 
 #[derive(Deserialize)]
@@ -635,15 +649,10 @@ impl From<SegmentRuleData> for SegmentRule {
             clauses: d.clauses,
             weight: d.weight,
             bucket_by: d.bucket_by,
+            bucket_kind: KindName::new(d.rollout_context_kind.as_deref()),
             rollout_context_kind: d.rollout_context_kind,
             bucket_by_ref,
         }
-    }
-}
-
-impl SegmentRule {
-    pub(crate) fn kind_to_bucket(&self) -> &str {
-        kind_or_user(&self.rollout_context_kind)
     }
 }
 

@@ -66,8 +66,14 @@ impl<'s> MigrationSource<'s> for Embedded {
 }
 
 // Forward-only, versioned, checked in; one list per dialect.
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../migrations/sqlite/0001_init.sql"))];
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../migrations/postgres/0001_init.sql"))];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
+    (2, "webhook_deliveries", include_str!("../migrations/sqlite/0002_webhook_deliveries.sql")),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
+    (2, "webhook_deliveries", include_str!("../migrations/postgres/0002_webhook_deliveries.sql")),
+];
 
 impl Store {
     /// Opens `sqlite://PATH` or `postgres://…` and applies pending migrations.
@@ -119,6 +125,12 @@ impl Store {
     /// Watches the newest committed changelog and outbox IDs.
     pub fn subscribe(&self) -> watch::Receiver<Changes> {
         self.changes.subscribe()
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
     }
 
     /// Closes the pool (waits for connections to be returned).

@@ -16,6 +16,8 @@ mod resources;
 mod segments;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod transfer;
+mod webhooks;
 
 pub use access::{ApiToken, Member, NewToken, Role};
 pub use db::{Backend, Changes, Store};
@@ -26,6 +28,11 @@ pub use model::{
     SegmentDoc, Variation, Webhook, WebhookFilter,
 };
 pub use resources::{ChangelogQuery, ExternalChange, ListQuery, OutboxRow, Page, SortOrder};
+pub use transfer::{
+    EXPORT_FORMAT, EXPORT_VERSION, EnvironmentExport, FlagExport, ImportAction, ImportChange, ImportCounts,
+    ImportOptions, ImportReport, ProjectExport,
+};
+pub use webhooks::{DeliveryStatus, Enqueued, RetryPolicy, WebhookDelivery};
 
 /// Current time in Unix milliseconds.
 pub fn now_ms() -> i64 {

@@ -79,6 +79,11 @@ impl Store {
         if doc.segment.key != key {
             return Err(StoreError::invalid(KIND, "the key of a segment cannot change"));
         }
+        // Compared at the stored version, so that a change that changes nothing writes nothing.
+        doc.segment.version = row.version;
+        if to_value(&doc)? == before {
+            return with_version(row.decode()?);
+        }
         doc.segment.version = row.version + 1;
         doc.segment.reindex();
         row.name = doc.name.clone();

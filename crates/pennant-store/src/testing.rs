@@ -17,6 +17,7 @@ pub struct TestDb {
     pub backend: &'static str,
     _dir: Option<tempfile::TempDir>,
     pg_name: Option<String>,
+    url: String,
 }
 
 impl TestDb {
@@ -24,7 +25,8 @@ impl TestDb {
     pub async fn sqlite() -> Result<TestDb> {
         let dir = tempfile::tempdir().map_err(|e| crate::StoreError::Corrupt(e.to_string()))?;
         let store = Store::open_sqlite(&dir.path().join("pennant.db")).await?;
-        Ok(TestDb { store, backend: "sqlite", _dir: Some(dir), pg_name: None })
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("pennant.db").display());
+        Ok(TestDb { store, backend: "sqlite", _dir: Some(dir), pg_name: None, url })
     }
 
     /// A new PostgreSQL database on the test server. Fails (never skips) when the server is unreachable.
@@ -35,8 +37,14 @@ impl TestDb {
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await?;
         admin.close().await;
         let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b);
-        let store = Store::open(&format!("{base}/{name}")).await?;
-        Ok(TestDb { store, backend: "postgres", _dir: None, pg_name: Some(name) })
+        let url = format!("{base}/{name}");
+        let store = Store::open(&url).await?;
+        Ok(TestDb { store, backend: "postgres", _dir: None, pg_name: Some(name), url })
+    }
+
+    /// The database's URL, for other processes.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// Both backends.

@@ -4,7 +4,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod config;
 mod conformance_cmd;
+mod serve;
+mod transfer_cmd;
 
 /// Pennant: self-hostable, LaunchDarkly-compatible feature management.
 #[derive(Debug, Parser)]
@@ -16,8 +19,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run Pennant: the management API (and, as they land, streaming and events) in one process.
+    Serve(config::ServeArgs),
     /// Run LaunchDarkly-format evaluation test data through the evaluation engine.
     Conformance(conformance_cmd::Args),
+    /// Export a project (environments without credentials, context kinds, flags, segments) as JSON.
+    Export(transfer_cmd::ExportArgs),
+    /// Import a project exported by `pennant export`, all or nothing.
+    Import(transfer_cmd::ImportArgs),
+    /// Import LaunchDarkly's server-side SDK payload (flags and segments) into one environment, all or nothing.
+    ImportLaunchdarkly(transfer_cmd::ImportLaunchDarklyArgs),
 }
 
 /// Exit code for errors that kept a command from doing its work (bad input, unreadable files...).
@@ -27,6 +38,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Conformance(args) => conformance_cmd::run(&args),
+        Command::Serve(args) => serve::run(&args),
+        Command::Export(args) => transfer_cmd::export(&args),
+        Command::Import(args) => transfer_cmd::import(&args),
+        Command::ImportLaunchdarkly(args) => transfer_cmd::import_launchdarkly(&args),
     };
     match result {
         Ok(code) => code,

@@ -3,7 +3,11 @@
 pub mod access;
 pub mod changelog;
 pub mod environments;
+pub mod flags;
+pub mod instructions;
 pub mod projects;
+pub mod segments;
+pub mod webhooks;
 
 use serde::Deserialize;
 use utoipa::IntoParams;

@@ -1,0 +1,271 @@
+//! `pennant serve` configuration: typed, with defaults and validation, from a TOML file, `PENNANT_*` environment
+//! variables and command-line flags (flags win over the environment, which wins over the file).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Command-line flags (each also readable from its `PENNANT_*` environment variable).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "PENNANT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "PENNANT_LISTEN")]
+    pub listen: Option<String>,
+    /// Directory for the embedded database and first-start credentials.
+    #[arg(long, env = "PENNANT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL: `postgres://…` (scale-out) or `sqlite://PATH` (default: a file in the data directory).
+    #[arg(long, env = "PENNANT_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Largest accepted API request body, in bytes.
+    #[arg(long, env = "PENNANT_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Sustained API requests per second per token.
+    #[arg(long, env = "PENNANT_RATE_LIMIT_PER_SECOND")]
+    pub rate_limit_per_second: Option<u32>,
+    /// Burst of API requests per token above the sustained rate.
+    #[arg(long, env = "PENNANT_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
+    /// Seconds to let in-flight requests finish on shutdown.
+    #[arg(long, env = "PENNANT_SHUTDOWN_GRACE_SECONDS")]
+    pub shutdown_grace_seconds: Option<u64>,
+    /// Log filter, e.g. `info` or `pennant=debug,info`.
+    #[arg(long, env = "PENNANT_LOG")]
+    pub log: Option<String>,
+}
+
+/// The same settings as a file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    max_body_bytes: Option<usize>,
+    rate_limit_per_second: Option<u32>,
+    rate_limit_burst: Option<u32>,
+    shutdown_grace_seconds: Option<u64>,
+    log: Option<String>,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Database URL (always set: the SQLite default is filled in).
+    pub database_url: String,
+    /// API body limit.
+    pub max_body_bytes: usize,
+    /// API rate limit.
+    pub rate_limit_per_second: u32,
+    /// API burst.
+    pub rate_limit_burst: u32,
+    /// Shutdown grace.
+    pub shutdown_grace_seconds: u64,
+    /// Log filter.
+    pub log: String,
+}
+
+/// A configuration that cannot be used, with what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {path}: {reason}")]
+    Unreadable {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The file is not valid TOML for these settings.
+    #[error("invalid configuration file {path}: {reason}")]
+    InvalidFile {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A setting has a bad value.
+    #[error("invalid {setting} {value:?}: {reason}")]
+    Invalid {
+        /// The setting (flag name).
+        setting: &'static str,
+        /// The value given.
+        value: String,
+        /// What is expected.
+        reason: &'static str,
+    },
+}
+
+impl ServeArgs {
+    /// Merges flags, environment (already folded into the flags by clap) and the file, then validates.
+    pub fn resolve(&self) -> Result<ServeConfig, ConfigError> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let listen_text = self.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:8030".into());
+        let listen = listen_text.parse::<SocketAddr>().map_err(|_| ConfigError::Invalid {
+            setting: "--listen",
+            value: listen_text.clone(),
+            reason: "expected HOST:PORT with an IP address, e.g. 127.0.0.1:8030",
+        })?;
+        let data_dir = self.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("./pennant-data"));
+        if data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                setting: "--data-dir",
+                value: String::new(),
+                reason: "must not be empty",
+            });
+        }
+        let database_url = match self.database_url.clone().or(file.database_url) {
+            Some(url) => {
+                if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    return Err(ConfigError::Invalid {
+                        setting: "--database-url",
+                        value: url,
+                        reason: "use postgres://USER@HOST:PORT/DB or sqlite://PATH",
+                    });
+                }
+                url
+            }
+            None => format!("sqlite://{}?mode=rwc", data_dir.join("pennant.db").display()),
+        };
+        let max_body_bytes = self.max_body_bytes.or(file.max_body_bytes).unwrap_or(1 << 20);
+        if !(1024..=64 << 20).contains(&max_body_bytes) {
+            return Err(ConfigError::Invalid {
+                setting: "--max-body-bytes",
+                value: max_body_bytes.to_string(),
+                reason: "must be between 1024 and 67108864",
+            });
+        }
+        let rate_limit_per_second = self.rate_limit_per_second.or(file.rate_limit_per_second).unwrap_or(100);
+        if rate_limit_per_second == 0 {
+            return Err(ConfigError::Invalid {
+                setting: "--rate-limit-per-second",
+                value: "0".into(),
+                reason: "must be at least 1",
+            });
+        }
+        let rate_limit_burst = self.rate_limit_burst.or(file.rate_limit_burst).unwrap_or(200);
+        if rate_limit_burst == 0 {
+            return Err(ConfigError::Invalid {
+                setting: "--rate-limit-burst",
+                value: "0".into(),
+                reason: "must be at least 1",
+            });
+        }
+        let shutdown_grace_seconds = self.shutdown_grace_seconds.or(file.shutdown_grace_seconds).unwrap_or(10);
+        if shutdown_grace_seconds > 600 {
+            return Err(ConfigError::Invalid {
+                setting: "--shutdown-grace-seconds",
+                value: shutdown_grace_seconds.to_string(),
+                reason: "must be at most 600",
+            });
+        }
+        let log = self.log.clone().or(file.log).unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
+            return Err(ConfigError::Invalid {
+                setting: "--log",
+                value: log,
+                reason: "not a valid log filter, e.g. info or pennant=debug",
+            });
+        }
+        Ok(ServeConfig {
+            listen,
+            data_dir,
+            database_url,
+            max_body_bytes,
+            rate_limit_per_second,
+            rate_limit_burst,
+            shutdown_grace_seconds,
+            log,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::Unreadable { path: path.display().to_string(), reason: e.to_string() })?;
+    toml::from_str(&text)
+        .map_err(|e| ConfigError::InvalidFile { path: path.display().to_string(), reason: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ServeArgs {
+        ServeArgs::default()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = args().resolve().unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8030".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("./pennant-data"));
+        assert_eq!(c.database_url, "sqlite://./pennant-data/pennant.db?mode=rwc");
+        assert_eq!((c.max_body_bytes, c.rate_limit_per_second, c.rate_limit_burst), (1 << 20, 100, 200));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = std::env::temp_dir().join(format!("pennant-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pennant.toml");
+        std::fs::write(
+            &file,
+            "listen = \"0.0.0.0:9000\"\nrate_limit_per_second = 5\ndata_dir = \"/var/lib/pennant\"\n",
+        )
+        .unwrap();
+        let mut a = args();
+        a.config = Some(file.clone());
+        a.listen = Some("127.0.0.1:9001".into());
+        let c = a.resolve().unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(c.rate_limit_per_second, 5);
+        assert_eq!(c.database_url, "sqlite:///var/lib/pennant/pennant.db?mode=rwc");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn each_invalid_setting_is_refused_with_its_name() {
+        let cases: Vec<(ServeArgs, &str)> = vec![
+            (ServeArgs { listen: Some("localhost".into()), ..args() }, "--listen"),
+            (ServeArgs { listen: Some("127.0.0.1:99999".into()), ..args() }, "--listen"),
+            (ServeArgs { data_dir: Some(PathBuf::new()), ..args() }, "--data-dir"),
+            (ServeArgs { database_url: Some("mysql://x".into()), ..args() }, "--database-url"),
+            (ServeArgs { max_body_bytes: Some(10), ..args() }, "--max-body-bytes"),
+            (ServeArgs { rate_limit_per_second: Some(0), ..args() }, "--rate-limit-per-second"),
+            (ServeArgs { rate_limit_burst: Some(0), ..args() }, "--rate-limit-burst"),
+            (ServeArgs { shutdown_grace_seconds: Some(6000), ..args() }, "--shutdown-grace-seconds"),
+            (ServeArgs { log: Some("[[[".into()), ..args() }, "--log"),
+        ];
+        for (a, setting) in cases {
+            let err = a.resolve().unwrap_err();
+            assert!(matches!(&err, ConfigError::Invalid { setting: s, .. } if *s == setting), "{setting}: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_files_are_refused() {
+        let missing = ServeArgs { config: Some("/nonexistent/pennant.toml".into()), ..args() };
+        assert!(matches!(missing.resolve(), Err(ConfigError::Unreadable { .. })));
+        let dir = std::env::temp_dir().join(format!("pennant-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bad.toml");
+        std::fs::write(&file, "listen_port = 3\n").unwrap();
+        let unknown = ServeArgs { config: Some(file.clone()), ..args() };
+        assert!(matches!(unknown.resolve(), Err(ConfigError::InvalidFile { .. })));
+        std::fs::write(&file, "listen = [").unwrap();
+        assert!(matches!(ServeArgs { config: Some(file), ..args() }.resolve(), Err(ConfigError::InvalidFile { .. })));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

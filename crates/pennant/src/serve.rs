@@ -1,0 +1,273 @@
+//! `pennant serve`: the whole service in one process. On first start it creates a default project with
+//! `production` and `test` environments, an admin member and an admin API token, and prints how to use them.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use pennant_api::{ApiLimits, ApiState};
+use pennant_store::{Actor, Environment, NewToken, Project, Role, Store};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+use crate::config::{ServeArgs, ServeConfig};
+
+/// The project, environments and credentials created on first start.
+const DEFAULT_PROJECT: &str = "default";
+const BOOTSTRAP_FILE: &str = "first-start.json";
+
+/// Runs the server until SIGINT or SIGTERM.
+pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = args.resolve()?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    runtime.block_on(serve(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What first start saved so that later starts can print it again (embedded mode's data directory only).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Bootstrap {
+    admin_token: String,
+    admin_email: String,
+    admin_password: String,
+}
+
+#[derive(Clone)]
+struct AppState {
+    store: Store,
+    metrics: PrometheusHandle,
+}
+
+async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    let store = Store::open(&config.database_url).await.with_context(|| format!("opening {}", config.database_url))?;
+    let bootstrap = bootstrap(&store, &config.data_dir).await?;
+    let metrics = PrometheusBuilder::new().install_recorder().context("installing the metrics recorder")?;
+    let limits = ApiLimits {
+        max_body_bytes: config.max_body_bytes,
+        requests_per_second: config.rate_limit_per_second.try_into().context("rate limit")?,
+        burst: config.rate_limit_burst.try_into().context("rate limit burst")?,
+    };
+    let app = Router::new()
+        .merge(pennant_api::router(ApiState::new(store.clone(), limits)))
+        .merge(
+            Router::new()
+                .route("/health", get(health))
+                .route("/metrics", get(render_metrics))
+                .with_state(AppState { store: store.clone(), metrics }),
+        )
+        .layer(middleware::from_fn(record_request))
+        .layer(tower_http::trace::TraceLayer::new_for_http());
+
+    let (stop_webhooks, webhooks_stopped) = tokio::sync::watch::channel(false);
+    let webhooks = pennant_api::webhooks::spawn_webhook_dispatcher(
+        store.clone(),
+        webhooks_stopped,
+        pennant_api::webhooks::WebhookOptions::default(),
+    );
+
+    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("listening on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    print_banner(&store, &config, addr, bootstrap.as_ref()).await?;
+
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new connections; finishing requests in flight");
+        let _ = signalled_tx.send(());
+    });
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    let server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        result = server => result.context("serving HTTP")?,
+        () = async {
+            let _ = signalled_rx.await;
+            tokio::time::sleep(grace).await;
+        } => tracing::warn!(?grace, "requests still in flight after the grace period; stopping anyway"),
+    }
+    // Attempts under way finish (each is bounded by its timeout); pending ones resume at the next start.
+    let _ = stop_webhooks.send(true);
+    if tokio::time::timeout(grace, webhooks).await.is_err() {
+        tracing::warn!("webhook deliveries still under way after the grace period");
+    }
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+/// Creates the first admin, token and default project when the database is new; reads them back on later starts.
+async fn bootstrap(store: &Store, data_dir: &Path) -> anyhow::Result<Option<Bootstrap>> {
+    let saved = data_dir.join(BOOTSTRAP_FILE);
+    if store.member_count().await? > 0 {
+        return match std::fs::read(&saved) {
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+            Err(_) => Ok(None),
+        };
+    }
+    let actor = Actor::system("first start");
+    let password = pennant_store::random_secret("");
+    let hash = pennant_api::hash_password(&password).map_err(|e| anyhow::anyhow!(e.message))?;
+    let email = "admin@pennant.local";
+    store.create_member(&actor, email, "Admin", Role::Admin, &hash).await?;
+    let (_, token) = store
+        .create_token(&actor, NewToken { name: "admin (first start)".into(), role: Role::Admin, projects: vec![] })
+        .await?;
+    if store.get_project(DEFAULT_PROJECT).await.is_err() {
+        let project = Project { key: DEFAULT_PROJECT.into(), name: "Default".into(), tags: vec![] };
+        store.create_project(&actor, project, "created on first start").await?;
+        for (key, name, color) in [("production", "Production", "417505"), ("test", "Test", "f5a623")] {
+            let env: Environment =
+                serde_json::from_value(serde_json::json!({"key": key, "name": name, "color": color}))?;
+            store.create_environment(&actor, DEFAULT_PROJECT, env, "created on first start").await?;
+        }
+    }
+    let bootstrap = Bootstrap { admin_token: token, admin_email: email.into(), admin_password: password };
+    write_private(&saved, &serde_json::to_vec_pretty(&bootstrap)?)
+        .with_context(|| format!("saving first-start credentials to {}", saved.display()))?;
+    Ok(Some(bootstrap))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(bytes)
+}
+
+async fn print_banner(
+    store: &Store,
+    config: &ServeConfig,
+    addr: std::net::SocketAddr,
+    boot: Option<&Bootstrap>,
+) -> anyhow::Result<()> {
+    let mut out = String::new();
+    let url = format!("http://{addr}");
+    out.push_str(&format!("Pennant {} is running at {url}\n", env!("CARGO_PKG_VERSION")));
+    out.push_str(&format!("  database       {}\n", redact_url(&config.database_url)));
+    out.push_str(&format!("  API            {url}/api/v2 (OpenAPI: {url}/api/v2/openapi.json)\n"));
+    out.push_str(&format!("  health         {url}/health   metrics {url}/metrics\n"));
+    match boot {
+        Some(b) => {
+            out.push_str(&format!("  admin token    {}\n", b.admin_token));
+            out.push_str(&format!("  admin sign-in  {} / {}\n", b.admin_email, b.admin_password));
+            out.push_str(&format!("                 (saved in {})\n", config.data_dir.join(BOOTSTRAP_FILE).display()));
+        }
+        None => out.push_str("  admin token    (created on first start; not stored here)\n"),
+    }
+    if let Ok(envs) = store.list_environments(DEFAULT_PROJECT, &pennant_store::ListQuery::default()).await {
+        out.push_str(&format!("  project \"{DEFAULT_PROJECT}\":\n"));
+        for env in envs.items {
+            let e = env.data;
+            out.push_str(&format!(
+                "    {:<11} SDK key {}  mobile key {}  client-side ID {}\n",
+                e.key, e.sdk_key, e.mobile_key, e.client_side_id
+            ));
+        }
+    }
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(out.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// Hides a password in a database URL.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}://{user}:***{}", &url[..scheme], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => {
+            axum::Json(serde_json::json!({"status": "ok", "database": "ok", "version": env!("CARGO_PKG_VERSION")}))
+                .into_response()
+        }
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "unavailable", "database": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+async fn render_metrics(State(state): State<AppState>) -> String {
+    state.metrics.render()
+}
+
+/// Counts requests and their latency by route and status.
+async fn record_request(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("pennant_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("pennant_http_request_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn database_passwords_are_not_printed() {
+        assert_eq!(redact_url("postgres://app:s3cret@db:5432/pennant"), "postgres://app:***@db:5432/pennant");
+        assert_eq!(redact_url("postgres://app@db/pennant"), "postgres://app@db/pennant");
+        assert_eq!(
+            redact_url("sqlite://./pennant-data/pennant.db?mode=rwc"),
+            "sqlite://./pennant-data/pennant.db?mode=rwc"
+        );
+    }
+}
