@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::hash::BuildHasher;
+use std::sync::LazyLock;
 
 /// Why an attribute reference is invalid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -29,10 +30,12 @@ pub struct AttrRef {
     first_hash: u64,
 }
 
-/// The hash custom attributes are indexed by. Fixed rather than per-process random: the hash of a clause's
-/// attribute is computed when the flag is loaded and must agree with every context's index.
+/// The hash custom attributes are indexed by. One hasher for the whole process: the hash of a clause's attribute
+/// is computed when the flag is loaded and must agree with every context's index. Its seed is random, so that
+/// nobody can craft attribute names that collide (contexts come from clients).
 pub(crate) fn name_hash(name: &str) -> u64 {
-    foldhash::fast::FixedState::default().hash_one(name)
+    static HASHER: LazyLock<foldhash::fast::RandomState> = LazyLock::new(Default::default);
+    HASHER.hash_one(name)
 }
 
 /// The top-level attribute a reference starts at.

@@ -25,6 +25,7 @@ pub(crate) enum Bucketable<'a> {
     Int(i64),
 }
 
+#[inline]
 pub(crate) fn bucketable(value: &Value) -> Option<Bucketable<'_>> {
     match value {
         Value::String(s) => Some(Bucketable::Str(s)),

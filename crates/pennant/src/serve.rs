@@ -64,8 +64,16 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         requests_per_second: config.rate_limit_per_second.try_into().context("rate limit")?,
         burst: config.rate_limit_burst.try_into().context("rate limit burst")?,
     };
+    let hub = std::sync::Arc::new(pennant_stream::Hub::new(1024));
+    // Becomes true on SIGINT/SIGTERM: streams end (SDKs reconnect elsewhere), the relay and webhooks stop.
+    let (stopping, _) = tokio::sync::watch::channel(false);
     let app = Router::new()
         .merge(pennant_api::router(ApiState::new(store.clone(), limits)))
+        .merge(pennant_stream::router(pennant_stream::StreamState {
+            store: store.clone(),
+            hub: hub.clone(),
+            shutdown: stopping.subscribe(),
+        }))
         .merge(
             Router::new()
                 .route("/health", get(health))
@@ -75,11 +83,17 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .layer(middleware::from_fn(record_request))
         .layer(tower_http::trace::TraceLayer::new_for_http());
 
-    let (stop_webhooks, webhooks_stopped) = tokio::sync::watch::channel(false);
     let webhooks = pennant_api::webhooks::spawn_webhook_dispatcher(
         store.clone(),
-        webhooks_stopped,
+        stopping.subscribe(),
         pennant_api::webhooks::WebhookOptions::default(),
+    );
+
+    let relay = pennant_stream::spawn_outbox_relay(
+        store.clone(),
+        hub,
+        stopping.subscribe(),
+        pennant_stream::RelayOptions::default(),
     );
 
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("listening on {}", config.listen))?;
@@ -87,9 +101,11 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     print_banner(&store, &config, addr, bootstrap.as_ref()).await?;
 
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let stop = stopping.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;
-        tracing::info!("shutting down: no new connections; finishing requests in flight");
+        tracing::info!("shutting down: no new connections; closing streams; finishing requests in flight");
+        stop.send_replace(true);
         let _ = signalled_tx.send(());
     });
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
@@ -102,7 +118,8 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         } => tracing::warn!(?grace, "requests still in flight after the grace period; stopping anyway"),
     }
     // Attempts under way finish (each is bounded by its timeout); pending ones resume at the next start.
-    let _ = stop_webhooks.send(true);
+    stopping.send_replace(true);
+    let _ = relay.await;
     if tokio::time::timeout(grace, webhooks).await.is_err() {
         tracing::warn!("webhook deliveries still under way after the grace period");
     }

@@ -19,8 +19,10 @@ pub struct App {
 }
 
 impl App {
+    /// Generous rate limits, so that fast test sequences are not throttled (rate limiting has its own test).
     pub async fn new(db: TestDb) -> App {
-        App::with_limits(db, ApiLimits::default()).await
+        let generous = std::num::NonZeroU32::new(100_000).unwrap();
+        App::with_limits(db, ApiLimits { requests_per_second: generous, burst: generous, ..ApiLimits::default() }).await
     }
 
     pub async fn with_limits(db: TestDb, limits: ApiLimits) -> App {

@@ -1,0 +1,211 @@
+//! LaunchDarkly's own Python server SDK (PyPI `launchdarkly-server-sdk`), unmodified, pointed at a running
+//! `pennant serve`: it initialises over the stream, evaluates flags with rules, segments and rollouts to the same
+//! values as Pennant's engine, sees a flag change made through the REST API, and also works in polling mode.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Server, request};
+use serde_json::{Value, json};
+
+const SDK_VERSION: &str = "9.20.0";
+
+/// A virtualenv with the SDK, made once per target directory (the test fails if it cannot be made).
+fn python() -> PathBuf {
+    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ld-python-{SDK_VERSION}"));
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        let ok =
+            Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3 is needed for this test");
+        assert!(ok.success(), "could not create a virtualenv at {}", venv.display());
+        let ok = Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("launchdarkly-server-sdk=={SDK_VERSION}"))
+            .status()
+            .unwrap();
+        assert!(ok.success(), "pip could not install launchdarkly-server-sdk {SDK_VERSION}");
+    }
+    python
+}
+
+const SCRIPT: &str = r#"
+import json, sys, time
+import ldclient
+from ldclient import Context
+from ldclient.config import Config
+
+url, sdk_key, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+config = Config(sdk_key, base_uri=url, stream_uri=url, events_uri=url, stream=(mode == "stream"), send_events=False)
+client = ldclient.LDClient(config=config, start_wait=10)
+print(json.dumps({"initialized": client.is_initialized()}), flush=True)
+
+def ctx(spec):
+    return Context.from_dict(spec)
+
+for line in sys.stdin:
+    cmd = json.loads(line)
+    if cmd["op"] == "eval":
+        out = []
+        for spec in cmd["contexts"]:
+            d = client.variation_detail(cmd["flag"], ctx(spec), None)
+            out.append({"value": d.value, "variation": d.variation_index, "reason": d.reason})
+        print(json.dumps(out), flush=True)
+    elif cmd["op"] == "wait":
+        start = time.time()
+        while time.time() - start < cmd["timeout"]:
+            if client.variation(cmd["flag"], ctx(cmd["context"]), None) == cmd["value"]:
+                break
+            time.sleep(0.005)
+        print(json.dumps({"seconds": time.time() - start, "value": client.variation(cmd["flag"], ctx(cmd["context"]), None)}), flush=True)
+    elif cmd["op"] == "quit":
+        break
+client.close()
+"#;
+
+struct Sdk {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Sdk {
+    fn start(url: &str, sdk_key: &str, mode: &str) -> Sdk {
+        let mut child = Command::new(python())
+            .args(["-c", SCRIPT, url, sdk_key, mode])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut sdk = Sdk { child, stdin, lines };
+        assert_eq!(sdk.read(), json!({"initialized": true}), "the SDK did not initialise in {mode} mode");
+        sdk
+    }
+
+    fn read(&mut self) -> Value {
+        let line = self.lines.recv_timeout(Duration::from_secs(60)).expect("the SDK script did not answer");
+        serde_json::from_str(&line).unwrap()
+    }
+
+    fn ask(&mut self, cmd: Value) -> Value {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.read()
+    }
+}
+
+impl Drop for Sdk {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "{}", json!({"op": "quit"}));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+    }
+}
+
+#[test]
+fn launchdarkly_python_sdk_streams_and_polls_from_pennant() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&["--data-dir", dir.path().to_str().unwrap()]);
+    let url = server.url.clone();
+    let token = server.field("admin token");
+    let sdk_key = server.keys("production")[0].clone();
+    let api = |method: &str, path: &str, body: Value| {
+        let (s, b) = request(&url, method, path, &token, &[], Some(&body));
+        assert!((200..300).contains(&s), "{method} {path}: {s} {b}");
+        b
+    };
+
+    // A segment, and a flag with a segment rule, an attribute rule and a 50/50 fallthrough rollout.
+    api("POST", "/api/v2/segments/default/production", json!({"key": "beta", "name": "Beta", "included": ["u-beta"]}));
+    api(
+        "POST",
+        "/api/v2/flags/default",
+        json!({"key": "banner", "name": "Banner",
+        "variations": [{"value": "red"}, {"value": "green"}, {"value": "blue"}]}),
+    );
+    api(
+        "PATCH",
+        "/api/v2/flags/default/banner",
+        json!({"environmentKey": "production", "instructions": [
+            {"kind": "addRule", "ruleId": "beta", "variation": 0,
+             "clauses": [{"attribute": "", "op": "segmentMatch", "values": ["beta"]}]},
+            {"kind": "addRule", "ruleId": "staff", "variation": 1,
+             "clauses": [{"contextKind": "user", "attribute": "email", "op": "endsWith", "values": ["@shop.example"]}]},
+            {"kind": "updateFallthroughVariationOrRollout", "rollout": {"variations": [
+                {"variation": 1, "weight": 50000}, {"variation": 2, "weight": 50000}]}},
+            {"kind": "turnFlagOn"}
+        ]}),
+    );
+
+    let mut contexts = vec![
+        json!({"kind": "user", "key": "u-beta"}),
+        json!({"kind": "user", "key": "someone", "email": "a@shop.example"}),
+        json!({"kind": "multi", "user": {"key": "u-beta"}, "org": {"key": "acme"}}),
+        json!({"kind": "org", "key": "acme"}),
+    ];
+    contexts.extend((0..20).map(|i| json!({"kind": "user", "key": format!("user-{i}")})));
+
+    // What Pennant's own engine says, on the payload the SDK endpoints serve.
+    let (status, payload) = request(&url, "GET", "/sdk/latest-all", &sdk_key, &[], None);
+    assert_eq!(status, 200);
+    let store = pennant_eval::MemoryStore::from_payload_json(payload.to_string().as_bytes()).unwrap();
+    use pennant_eval::Store as _;
+    let flag = store.flag("banner").unwrap();
+    let expected: Vec<Value> = contexts
+        .iter()
+        .map(|c| {
+            let context = pennant_eval::Context::from_value(c.clone()).unwrap();
+            let d = pennant_eval::evaluate(&store, flag, &context);
+            json!({"value": d.value, "variation": d.variation_index, "reason": d.reason})
+        })
+        .collect();
+    let variations: std::collections::HashSet<String> = expected.iter().map(|e| e["value"].to_string()).collect();
+    assert_eq!(variations.len(), 3, "the contexts exercise every variation: {expected:?}");
+
+    for mode in ["stream", "poll"] {
+        let mut sdk = Sdk::start(&url, &sdk_key, mode);
+        let got = sdk.ask(json!({"op": "eval", "flag": "banner", "contexts": contexts}));
+        assert_eq!(got, Value::Array(expected.clone()), "{mode}");
+        if mode == "stream" {
+            // A change through the REST API reaches the streaming SDK within a second.
+            let started = Instant::now();
+            api(
+                "PATCH",
+                "/api/v2/flags/default/banner",
+                json!({"environmentKey": "production", "instructions": [{"kind": "turnFlagOff"}]}),
+            );
+            let waited =
+                sdk.ask(json!({"op": "wait", "flag": "banner", "context": contexts[1], "value": "blue", "timeout": 5}));
+            assert_eq!(waited["value"], json!("blue"), "the SDK never saw the change");
+            assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+            assert!(waited["seconds"].as_f64().unwrap() < 1.0, "{waited}");
+            api(
+                "PATCH",
+                "/api/v2/flags/default/banner",
+                json!({"environmentKey": "production", "instructions": [{"kind": "turnFlagOn"}]}),
+            );
+            let waited = sdk
+                .ask(json!({"op": "wait", "flag": "banner", "context": contexts[1], "value": "green", "timeout": 5}));
+            assert_eq!(waited["value"], json!("green"));
+        }
+    }
+    assert!(server.stop().success());
+}
