@@ -66,11 +66,7 @@ impl Store {
     pub async fn list_environments(&self, project: &str, q: &ListQuery) -> Result<Page<Record<Environment>>> {
         self.require_row(crate::projects::KIND, "", project).await?;
         let page = self.list_rows(KIND, project, q).await?;
-        Ok(Page {
-            items: page.items.iter().map(|r| r.decode()).collect::<Result<_>>()?,
-            next_cursor: page.next_cursor,
-            total_count: page.total_count,
-        })
+        page.decode()
     }
 
     /// Changes an environment's name, colour, tags or secure mode (not its key or credentials).
@@ -192,7 +188,7 @@ impl Store {
     }
 }
 
-async fn insert_credential(
+pub(crate) async fn insert_credential(
     tx: &mut Tx,
     credential: &str,
     kind: &str,
@@ -223,7 +219,7 @@ pub(crate) async fn delete_credentials(tx: &mut Tx, project: &str, env: &str) ->
 }
 
 /// Secrets stay out of the changelog.
-fn redacted(data: &serde_json::Value) -> serde_json::Value {
+pub(crate) fn redacted(data: &serde_json::Value) -> serde_json::Value {
     let mut data = data.clone();
     for field in ["sdkKey", "mobileKey"] {
         if let Some(v) = data.get_mut(field) {

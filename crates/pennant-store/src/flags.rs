@@ -58,11 +58,7 @@ impl Store {
     pub async fn list_flags(&self, project: &str, q: &ListQuery) -> Result<Page<Record<FlagDoc>>> {
         self.require_row(crate::projects::KIND, "", project).await?;
         let page = self.list_rows(KIND, project, q).await?;
-        Ok(Page {
-            items: page.items.iter().map(|r| r.decode()).collect::<Result<_>>()?,
-            next_cursor: page.next_cursor,
-            total_count: page.total_count,
-        })
+        page.decode()
     }
 
     /// Changes a flag (and, with `archived`, archives or restores it) in one versioned, validated, audited

@@ -36,11 +36,7 @@ impl Store {
     /// Projects, filtered and paged.
     pub async fn list_projects(&self, q: &ListQuery) -> Result<Page<Record<Project>>> {
         let page = self.list_rows(KIND, "", q).await?;
-        Ok(Page {
-            items: page.items.iter().map(|r| r.decode()).collect::<Result<_>>()?,
-            next_cursor: page.next_cursor,
-            total_count: page.total_count,
-        })
+        page.decode()
     }
 
     /// Changes a project's name or tags (the key is fixed).

@@ -135,6 +135,17 @@ pub struct Page<T> {
     pub total_count: i64,
 }
 
+impl Page<Row> {
+    /// Decodes every row of the page as a `T`.
+    pub(crate) fn decode<T: DeserializeOwned>(&self) -> Result<Page<Record<T>>> {
+        Ok(Page {
+            items: self.items.iter().map(Row::decode).collect::<Result<_>>()?,
+            next_cursor: self.next_cursor.clone(),
+            total_count: self.total_count,
+        })
+    }
+}
+
 impl Store {
     pub(crate) async fn get_row(&self, kind: &'static str, scope: &str, key: &str) -> Result<Option<Row>> {
         let sql = format!("SELECT {ROW_COLUMNS} FROM resources WHERE kind = $1 AND scope = $2 AND key = $3");

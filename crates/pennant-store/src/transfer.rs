@@ -335,17 +335,6 @@ fn kind_name(kind: &str) -> &str {
     if kind == CONTEXT_KIND { "context kind" } else { kind }
 }
 
-/// Secrets stay out of the changelog.
-fn redacted(data: &Value) -> Value {
-    let mut data = data.clone();
-    for field in ["sdkKey", "mobileKey"] {
-        if let Some(v) = data.get_mut(field) {
-            *v = Value::String("[redacted]".into());
-        }
-    }
-    data
-}
-
 const KEY_RULE: &str = "keys use only letters, digits, '.', '_' and '-' (1 to 256 characters)";
 
 /// One import in progress: the transaction and what it has done.
@@ -377,7 +366,7 @@ impl Importer {
         mut row: Row,
         redact: bool,
     ) -> Result<(ImportAction, Row, Option<Value>)> {
-        let shown = |v: &Value| if redact { redacted(v) } else { v.clone() };
+        let shown = |v: &Value| if redact { crate::environments::redacted(v) } else { v.clone() };
         match existing {
             None => {
                 self.tx.insert(&mut row).await?;
@@ -437,16 +426,8 @@ impl Importer {
             for (kind, credential) in
                 [("sdk", &env.sdk_key), ("mobile", &env.mobile_key), ("client", &env.client_side_id)]
             {
-                sqlx::query(
-                    "INSERT INTO credentials (credential, kind, project_key, env_key, expires_at) \
-                     VALUES ($1, $2, $3, $4, NULL)",
-                )
-                .bind(credential.clone())
-                .bind(kind)
-                .bind(project.clone())
-                .bind(env.key.clone())
-                .execute(&mut *self.tx.tx)
-                .await?;
+                crate::environments::insert_credential(&mut self.tx, credential, kind, &project, &env.key, None)
+                    .await?;
             }
         }
         self.note(ENVIRONMENT, format!("{project}/{}", env.key), action);

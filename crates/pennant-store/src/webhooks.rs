@@ -334,11 +334,7 @@ impl Store {
     /// Webhooks, filtered and paged (secrets included).
     pub async fn list_webhooks(&self, q: &ListQuery) -> Result<Page<Record<Webhook>>> {
         let page = self.list_rows(KIND, "", q).await?;
-        Ok(Page {
-            items: page.items.iter().map(|r| r.decode()).collect::<Result<_>>()?,
-            next_cursor: page.next_cursor,
-            total_count: page.total_count,
-        })
+        page.decode()
     }
 
     /// Changes a webhook (not its key).
