@@ -310,8 +310,6 @@ impl<'a, S: Store + ?Sized, R: PrerequisiteRecorder<'a> + ?Sized> Scope<'a, '_, 
         self.context.kinds().any(|kind| clause.matcher.matches_str(kind)) != clause.negate
     }
 
-    // Out of line: segment lookups are rare next to attribute clauses, whose loop stays small without them.
-    #[inline(never)]
     fn segment_match(&mut self, keys: &[Box<str>], negate: bool, chain: Option<&Chain<'_>>) -> Result<bool, Malformed> {
         for key in keys {
             let Some(segment) = self.store.segment(key).filter(|s| !s.deleted) else { continue };

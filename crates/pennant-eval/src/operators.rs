@@ -143,9 +143,7 @@ impl Matcher {
             Matcher::Contains(parts) => parts.iter().any(|p| s.contains(&**p)),
             Matcher::Matches(regexes) => regexes.iter().any(|re| re.is_match(s)),
             Matcher::Time { before, times } => parse_time(s).is_some_and(|t| time_matches(*before, times, t)),
-            Matcher::SemVer(want, versions) => {
-                parse_semver(s).is_some_and(|v| versions.iter().any(|c| v.cmp_precedence(c) == *want))
-            }
+            Matcher::SemVer(want, versions) => semver_matches(s, *want, versions),
             Matcher::Never | Matcher::Numeric(..) => false,
         }
     }
@@ -200,6 +198,37 @@ fn parse_semver(s: &str) -> Option<semver::Version> {
     };
     version.build = semver::BuildMetadata::EMPTY;
     Some(version)
+}
+
+/// `MAJOR.MINOR.PATCH` and nothing else, the usual form of a context's version, read without the general parser
+/// (which accepts the same and costs several times as much). Anything else is left to it.
+fn parse_plain_semver(s: &str) -> Option<[u64; 3]> {
+    let mut parts = s.split('.');
+    let version =
+        [numeric_identifier(parts.next()?)?, numeric_identifier(parts.next()?)?, numeric_identifier(parts.next()?)?];
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(version)
+}
+
+/// SemVer precedence of a version without pre-release against `other`: as `cmp_precedence`, where a version
+/// without pre-release ranks above the same version with one.
+fn cmp_plain_semver([major, minor, patch]: [u64; 3], other: &semver::Version) -> Ordering {
+    (major, minor, patch).cmp(&(other.major, other.minor, other.patch)).then(if other.pre.is_empty() {
+        Ordering::Equal
+    } else {
+        Ordering::Greater
+    })
+}
+
+/// Whether context version `s` compares as `want` with any of `versions`.
+fn semver_matches(s: &str, want: Ordering, versions: &[semver::Version]) -> bool {
+    // The plain form is compared without building a `semver::Version`, which costs more than the comparison.
+    if let Some(plain) = parse_plain_semver(s) {
+        return versions.iter().any(|c| cmp_plain_semver(plain, c) == want);
+    }
+    parse_semver(s).is_some_and(|v| versions.iter().any(|c| v.cmp_precedence(c) == want))
 }
 
 fn parse_semver_missing_parts(s: &str) -> Option<semver::Version> {
@@ -302,6 +331,41 @@ mod tests {
         ];
         for (op, actual, value, want) in rows {
             assert_eq!(check(op.clone(), actual.clone(), value.clone()), want, "{op:?} {actual} {value}");
+        }
+    }
+
+    #[test]
+    fn plain_versions_read_as_the_general_parser_reads_them() {
+        let cases = [
+            "0.0.0",
+            "1.2.3",
+            "10.20.30",
+            "01.2.3",
+            "1.02.3",
+            "1.2.03",
+            "1.2",
+            "1.2.3.4",
+            "1.2.3-rc.1",
+            "1.2.3+b",
+            "1..3",
+            ".1.2",
+            "1.2.",
+            "a.b.c",
+            " 1.2.3",
+            "18446744073709551615.0.0",
+            "18446744073709551616.0.0",
+        ];
+        let others = ["1.2.3", "1.2.3-rc.1", "1.2.4-rc.1", "1.2.2", "0.9.9", "2.0.0-alpha", "1.2.3+b"]
+            .map(|o| semver::Version::parse(o).unwrap());
+        for s in cases {
+            let general = semver::Version::parse(s).ok().filter(|v| v.pre.is_empty() && v.build.is_empty());
+            let plain = parse_plain_semver(s);
+            assert_eq!(plain, general.as_ref().map(|v| [v.major, v.minor, v.patch]), "{s:?}");
+            if let (Some(plain), Some(general)) = (plain, general) {
+                for other in &others {
+                    assert_eq!(cmp_plain_semver(plain, other), general.cmp_precedence(other), "{s:?} vs {other}");
+                }
+            }
         }
     }
 
