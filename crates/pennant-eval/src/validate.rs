@@ -144,47 +144,57 @@ pub fn validate_segment<S: Store + ?Sized>(segment: &Segment, store: &S) -> Vec<
 
 /// The keys of a `segmentMatch` cycle through `segment` (checked in place of the stored version), if any.
 fn segment_cycle<S: Store + ?Sized>(segment: &Segment, store: &S) -> Option<Vec<String>> {
-    fn referenced(segment: &Segment) -> impl Iterator<Item = &str> {
-        segment
-            .rules
+    let refs = |s: &Segment| -> Vec<String> {
+        s.rules
             .iter()
             .flat_map(|r| &r.clauses)
             .filter(|c| c.op == Operator::SegmentMatch)
             .flat_map(|c| &c.values)
-            .filter_map(|v| v.as_str())
-    }
-    fn visit<'a, S: Store + ?Sized>(
-        current: &'a Segment,
-        root: &'a Segment,
-        store: &'a S,
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    };
+    let lookup = |key: &str| store.segment(key).filter(|s| !s.deleted).map(|s| (s.key.as_str(), refs(s)));
+    find_cycle(&segment.key, refs(segment), &lookup)
+}
+
+/// Finds an item by key: its key (borrowed from the data) and the keys it refers to.
+type Lookup<'l, 'a> = &'l dyn Fn(&str) -> Option<(&'a str, Vec<String>)>;
+
+/// A cycle back to `root_key`, searched depth first from `root_refs`; `lookup` gives an item's key and the keys it
+/// refers to. Paths deeper than `MAX_NESTING_DEPTH` count as cycles (evaluation would refuse them too).
+fn find_cycle<'a>(root_key: &'a str, root_refs: Vec<String>, lookup: Lookup<'_, 'a>) -> Option<Vec<String>> {
+    fn visit<'a>(
+        refs: Vec<String>,
+        root_key: &'a str,
+        lookup: Lookup<'_, 'a>,
         path: &mut Vec<&'a str>,
         done: &mut Vec<&'a str>,
     ) -> bool {
         if path.len() > crate::eval::MAX_NESTING_DEPTH {
             return true;
         }
-        for key in referenced(current) {
-            if key == root.key {
-                path.push(&root.key);
+        for key in refs {
+            if key == root_key {
+                path.push(root_key);
                 return true;
             }
-            if done.contains(&key) || path.contains(&key) {
+            if done.contains(&key.as_str()) || path.contains(&key.as_str()) {
                 continue;
             }
-            if let Some(next) = store.segment(key).filter(|s| !s.deleted) {
-                path.push(&next.key);
-                if visit(next, root, store, path, done) {
+            if let Some((next_key, next_refs)) = lookup(&key) {
+                path.push(next_key);
+                if visit(next_refs, root_key, lookup, path, done) {
                     return true;
                 }
                 path.pop();
-                done.push(&next.key);
+                done.push(next_key);
             }
         }
         false
     }
-    let mut path = vec![segment.key.as_str()];
+    let mut path = vec![root_key];
     let mut done = Vec::new();
-    visit(segment, segment, store, &mut path, &mut done).then(|| path.iter().map(|s| (*s).to_owned()).collect())
+    visit(root_refs, root_key, lookup, &mut path, &mut done).then(|| path.iter().map(|s| (*s).to_owned()).collect())
 }
 
 fn check_target(issues: &mut Issues, path: &str, target: &Target) {
@@ -295,36 +305,50 @@ fn check_clause<S: Store + ?Sized>(
 
 /// The keys of a prerequisite cycle through `flag`, if there is one.
 fn prerequisite_cycle<S: Store + ?Sized>(flag: &Flag, store: &S) -> Option<Vec<String>> {
-    fn visit<'a, S: Store + ?Sized>(
-        flag: &'a Flag,
-        root: &'a Flag,
-        store: &'a S,
-        path: &mut Vec<&'a str>,
-        done: &mut Vec<&'a str>,
-    ) -> bool {
-        if path.len() > crate::eval::MAX_NESTING_DEPTH {
-            return true;
-        }
-        for prereq in &flag.prerequisites {
-            if prereq.key == root.key {
-                path.push(&root.key);
-                return true;
-            }
-            if done.contains(&prereq.key.as_str()) || path.contains(&prereq.key.as_str()) {
-                continue;
-            }
-            if let Some(next) = store.flag(&prereq.key).filter(|f| !f.deleted) {
-                path.push(&next.key);
-                if visit(next, root, store, path, done) {
-                    return true;
-                }
-                path.pop();
-                done.push(&next.key);
-            }
-        }
-        false
+    let refs = |f: &Flag| -> Vec<String> { f.prerequisites.iter().map(|p| p.key.clone()).collect() };
+    let lookup = |key: &str| store.flag(key).filter(|f| !f.deleted).map(|f| (f.key.as_str(), refs(f)));
+    find_cycle(&flag.key, refs(flag), &lookup)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryStore;
+    use serde_json::json;
+
+    fn flag(key: &str, prereqs: &[&str]) -> Flag {
+        let prereqs: Vec<_> = prereqs.iter().map(|k| json!({"key": k, "variation": 0})).collect();
+        serde_json::from_value(json!({"key": key, "variations": [true, false], "fallthrough": {"variation": 0},
+            "prerequisites": prereqs}))
+        .unwrap()
     }
-    let mut path = vec![flag.key.as_str()];
-    let mut done = Vec::new();
-    visit(flag, flag, store, &mut path, &mut done).then(|| path.iter().map(|s| (*s).to_owned()).collect())
+
+    fn segment(key: &str, refs: &[&str]) -> Segment {
+        let clauses: Vec<_> =
+            refs.iter().map(|k| json!({"attribute": "", "op": "segmentMatch", "values": [k]})).collect();
+        serde_json::from_value(json!({"key": key, "rules": [{"clauses": clauses}]})).unwrap()
+    }
+
+    #[test]
+    fn prerequisite_cycles_are_found_through_the_stored_flags() {
+        let mut store = MemoryStore::default();
+        store.insert_flag(flag("a", &["b"]));
+        store.insert_flag(flag("b", &[]));
+        store.insert_flag(flag("c", &["a"]));
+        assert!(validate_flag(&flag("b", &["c"]), &store).iter().any(|i| i.message.contains("b → c → a → b")));
+        assert!(validate_flag(&flag("b", &[]), &store).is_empty());
+        assert!(validate_flag(&flag("a", &["a"]), &store).iter().any(|i| i.message.contains("own prerequisite")));
+    }
+
+    #[test]
+    fn segment_cycles_are_found_through_the_stored_segments() {
+        let mut store = MemoryStore::default();
+        store.insert_segment(segment("s1", &["s2"]));
+        store.insert_segment(segment("s2", &[]));
+        let issues = validate_segment(&segment("s2", &["s1"]), &store);
+        assert!(issues.iter().any(|i| i.message.contains("s2 → s1 → s2")), "{issues:?}");
+        assert!(validate_segment(&segment("s2", &[]), &store).is_empty());
+        let unknown = validate_segment(&segment("s3", &["nope"]), &store);
+        assert!(unknown.iter().any(|i| i.message.contains("unknown segment")));
+    }
 }
