@@ -101,7 +101,7 @@ pub struct Environment {
     pub client_side_id: String,
 }
 
-fn default_color() -> String {
+pub(crate) fn default_color() -> String {
     "417505".into()
 }
 

@@ -402,8 +402,10 @@ impl Arg {
     }
 }
 
-/// Filters for the changelog.
-#[derive(Debug, Clone, Default)]
+/// Filters for the changelog; also the audit-log endpoint's query parameters (`text` is `?q=`).
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ChangelogQuery {
     /// `flag`, `segment`, `deploy`, …
     pub resource_kind: Option<String>,
@@ -418,6 +420,8 @@ pub struct ChangelogQuery {
     /// Until (Unix ms, exclusive).
     pub before: Option<i64>,
     /// Text in the comment, key, action or actor.
+    #[serde(rename = "q")]
+    #[param(rename = "q")]
     pub text: Option<String>,
     /// Page size (1–500, default 50).
     pub limit: Option<u32>,

@@ -67,7 +67,7 @@ pub struct EnvironmentExport {
     /// Display name.
     pub name: String,
     /// Dashboard colour.
-    #[serde(default = "default_color")]
+    #[serde(default = "crate::model::default_color")]
     pub color: String,
     /// Secure mode for client-side SDKs.
     #[serde(default)]
@@ -75,10 +75,6 @@ pub struct EnvironmentExport {
     /// Tags.
     #[serde(default)]
     pub tags: Vec<String>,
-}
-
-fn default_color() -> String {
-    "417505".into()
 }
 
 impl From<Environment> for EnvironmentExport {

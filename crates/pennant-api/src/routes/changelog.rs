@@ -4,8 +4,6 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use pennant_store::{ChangelogEntry, ChangelogQuery, ExternalChange, Page, Role};
-use serde::Deserialize;
-use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -21,59 +19,23 @@ pub(crate) fn router() -> OpenApiRouter<ApiState> {
         .routes(routes!(record_change))
 }
 
-/// Audit log filters.
-#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct AuditParams {
-    /// `flag`, `segment`, `environment`, `project`, `deploy`, …
-    pub resource_kind: Option<String>,
-    /// Project key, or `project/env`: entries in it and below.
-    pub scope: Option<String>,
-    /// Resource key.
-    pub resource_key: Option<String>,
-    /// Actor ID or name.
-    pub actor: Option<String>,
-    /// From this time (Unix ms, inclusive).
-    pub after: Option<i64>,
-    /// Before this time (Unix ms).
-    pub before: Option<i64>,
-    /// Text to find.
-    pub q: Option<String>,
-    /// Page size, 1–500 (default 50).
-    pub limit: Option<u32>,
-    /// `nextCursor` of the previous page.
-    pub cursor: Option<String>,
-}
-
-#[utoipa::path(get, path = "/auditlog", tag = "changelog", params(AuditParams),
+#[utoipa::path(get, path = "/auditlog", tag = "changelog", params(ChangelogQuery),
     responses((status = 200, body = Page<ChangelogEntry>), (status = 401, body = ErrorBody)))]
 async fn list_auditlog(
     State(state): State<ApiState>,
     principal: Principal,
-    QueryParams(p): QueryParams<AuditParams>,
+    QueryParams(q): QueryParams<ChangelogQuery>,
 ) -> ApiResult<Json<Page<ChangelogEntry>>> {
     principal.require(Role::Reader)?;
-    if let Some(scope) = &p.scope {
+    if let Some(scope) = &q.scope {
         let project = scope.split('/').next().unwrap_or_default();
         principal.require_project(Role::Reader, project)?;
     } else if !principal.projects.is_empty() {
         return Err(ApiError::forbidden("a token limited to projects must ask for a scope"));
     }
-    if p.limit.is_some_and(|l| !(1..=500).contains(&l)) {
+    if q.limit.is_some_and(|l| !(1..=500).contains(&l)) {
         return Err(ApiError::bad_request("limit must be between 1 and 500"));
     }
-    let q = ChangelogQuery {
-        resource_kind: p.resource_kind,
-        scope: p.scope,
-        resource_key: p.resource_key,
-        actor: p.actor,
-        after: p.after,
-        before: p.before,
-        text: p.q,
-        limit: p.limit,
-        cursor: p.cursor,
-    };
     Ok(Json(state.store.changelog(&q).await?))
 }
 

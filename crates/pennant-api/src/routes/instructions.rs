@@ -268,13 +268,7 @@ fn apply_flag_env(config: &mut FlagEnvConfig, instruction: &FlagInstruction) -> 
                 clauses: clauses.clone(),
                 track_events: *track_events,
             };
-            match before_rule_id {
-                None => config.rules.push(rule),
-                Some(before) => {
-                    let at = rule_index(&config.rules, before)?;
-                    config.rules.insert(at, rule);
-                }
-            }
+            insert_rule(&mut config.rules, rule, before_rule_id.as_deref())?;
         }
         I::RemoveRule { rule_id } => {
             let at = rule_index(&config.rules, rule_id)?;
@@ -358,6 +352,16 @@ fn variation_or_rollout(
 
 fn rule_index<R: HasId>(rules: &[R], id: &str) -> Result<usize, String> {
     rules.iter().position(|r| r.id() == id).ok_or_else(|| format!("no rule with id {id:?}"))
+}
+
+/// Adds a rule at the end, or before the rule with id `before`.
+fn insert_rule<R: HasId>(rules: &mut Vec<R>, rule: R, before: Option<&str>) -> Result<(), String> {
+    let at = match before {
+        Some(before) => rule_index(rules, before)?,
+        None => rules.len(),
+    };
+    rules.insert(at, rule);
+    Ok(())
 }
 
 fn prerequisite_index(prerequisites: &[Prerequisite], key: &str) -> Result<usize, String> {
@@ -618,13 +622,7 @@ fn apply_segment(doc: &mut SegmentDoc, instruction: &SegmentInstruction) -> Resu
                 "rolloutContextKind": rollout_context_kind,
             }))
             .map_err(|e| e.to_string())?;
-            match before_rule_id {
-                None => segment.rules.push(rule),
-                Some(before) => {
-                    let at = rule_index(&segment.rules, before)?;
-                    segment.rules.insert(at, rule);
-                }
-            }
+            insert_rule(&mut segment.rules, rule, before_rule_id.as_deref())?;
         }
         I::RemoveRule { rule_id } => {
             let at = rule_index(&segment.rules, rule_id)?;
