@@ -158,6 +158,8 @@ impl Store {
             now: crate::now_ms(),
             changes: self.changes.clone(),
             last: Changes::default(),
+            backend: self.backend,
+            ordered: false,
         })
     }
 }
@@ -170,9 +172,29 @@ pub(crate) struct Tx {
     pub(crate) now: i64,
     changes: Arc<watch::Sender<Changes>>,
     pub(crate) last: Changes,
+    backend: Backend,
+    ordered: bool,
 }
 
+/// Advisory-lock key that orders PostgreSQL transactions writing the changelog or the outbox.
+const ORDER_LOCK_KEY: i64 = 0x5045_4e4e_414e_5401;
+
 impl Tx {
+    /// Makes the changelog and outbox IDs of this transaction become visible in ID order.
+    ///
+    /// Readers follow both tables with an "after ID" cursor. On PostgreSQL two concurrent transactions can take
+    /// sequence values 10 and 11 and commit 11 first; a reader that saw 11 would then never read 10. Holding a
+    /// transaction-scoped advisory lock from the first such insert until commit serialises these writers (SQLite
+    /// writers are serialised already). Management writes are rare, so the lock costs nothing that matters.
+    pub(crate) async fn order_ids(&mut self) -> Result<()> {
+        if self.ordered || self.backend != Backend::Postgres {
+            return Ok(());
+        }
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(ORDER_LOCK_KEY).execute(&mut *self.tx).await?;
+        self.ordered = true;
+        Ok(())
+    }
+
     pub(crate) async fn commit(self) -> Result<()> {
         let last = self.last;
         self.tx.commit().await?;

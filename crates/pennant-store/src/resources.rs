@@ -585,6 +585,7 @@ impl Tx {
         let diff = serde_json::to_string(&diff).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let search_text =
             format!("{kind} {scope} {key} {action} {comment} {} {}", self.actor.id, self.actor.name).to_lowercase();
+        self.order_ids().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO changelog (ts, actor_kind, actor_id, actor_name, resource_kind, scope, resource_key, action, \
              comment, before_json, after_json, diff_json, search_text) \
@@ -611,6 +612,7 @@ impl Tx {
 
     /// Tells the streaming service that an environment's flag or segment changed.
     pub(crate) async fn outbox(&mut self, project: &str, env: &str, kind: &str, key: &str, version: u64) -> Result<()> {
+        self.order_ids().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO outbox (project_key, env_key, kind, key, version, created_at) VALUES ($1, $2, $3, $4, $5, $6) \
              RETURNING id",

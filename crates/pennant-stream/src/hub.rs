@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pennant_store::Store;
@@ -31,6 +32,8 @@ pub struct Snapshot {
     pub etag: String,
     /// The `put` frame a new `/all` connection starts with.
     pub put_frame: Bytes,
+    /// The `put` frame a new old-style `/flags` connection starts with (flags only).
+    pub flags_put_frame: Bytes,
     /// The data, for single-item lookups and evaluation.
     pub data: pennant_eval::MemoryStore,
 }
@@ -40,6 +43,8 @@ pub struct Snapshot {
 pub struct EnvChannel {
     id: EnvId,
     frames: broadcast::Sender<Bytes>,
+    // The old `/flags` stream's frames (other paths, no segments); nothing is encoded while nobody listens.
+    flag_frames: broadcast::Sender<Bytes>,
     // Replaced (not cleared) on every change, so a build in progress for the old data cannot be mistaken for
     // the new one; concurrent askers share one build through the OnceCell.
     snapshot: Mutex<Arc<OnceCell<Arc<Snapshot>>>>,
@@ -51,15 +56,38 @@ impl EnvChannel {
         self.frames.subscribe()
     }
 
-    /// Sends a frame to every connection of the environment.
+    /// Frames of the old `/flags` stream published after this call.
+    pub fn subscribe_flags(&self) -> broadcast::Receiver<Bytes> {
+        self.flag_frames.subscribe()
+    }
+
+    /// Sends a frame to every `/all` connection of the environment.
     pub fn publish(&self, frame: Bytes) {
         // No receivers is not an error: nobody is connected.
         let _ = self.frames.send(frame);
     }
 
-    /// How many connections are listening.
+    /// Sends a frame to every old-style `/flags` connection of the environment.
+    pub fn publish_flags(&self, frame: Bytes) {
+        let _ = self.flag_frames.send(frame);
+    }
+
+    /// Sends an SSE comment to every connection, so that idle streams stay open through proxies and SDKs can tell
+    /// a live connection from a dead one.
+    pub fn heartbeat(&self) {
+        let beat = Bytes::from_static(b":\n\n");
+        self.publish(beat.clone());
+        self.publish_flags(beat);
+    }
+
+    /// How many `/all` connections are listening.
     pub fn connections(&self) -> usize {
         self.frames.receiver_count()
+    }
+
+    /// How many old-style `/flags` connections are listening.
+    pub fn flag_connections(&self) -> usize {
+        self.flag_frames.receiver_count()
     }
 
     /// Drops the current snapshot; the next asker builds a new one.
@@ -85,40 +113,93 @@ impl EnvChannel {
     }
 }
 
-/// Every environment's channel.
+/// How the streaming service treats connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HubOptions {
+    /// Frames buffered per environment; a connection further behind is closed (its SDK reconnects and starts
+    /// again from a fresh `put`).
+    pub capacity: usize,
+    /// Streams are closed after about this long (minus up to 10 % jitter) so that SDKs reconnect and load
+    /// spreads over new instances. `None`: never.
+    pub max_connection_lifetime: Option<Duration>,
+    /// How long a credential lookup is remembered. A rotated-out key keeps working this long at most.
+    pub credential_ttl: Duration,
+    /// A write to a connection that takes longer than this closes it (a reader that stopped reading).
+    pub write_timeout: Duration,
+}
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        HubOptions {
+            capacity: 1024,
+            max_connection_lifetime: None,
+            credential_ttl: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+type CachedCredential = (Option<pennant_store::EnvCredential>, Instant);
+
+/// Every environment's channel, and the credentials seen recently.
 #[derive(Debug)]
 pub struct Hub {
     channels: Mutex<HashMap<EnvId, Arc<EnvChannel>>>,
-    capacity: usize,
+    options: HubOptions,
+    // Every SDK request and every (re)connection needs its key resolved; a reconnection storm must not become a
+    // storm of database queries. Bounded, so unknown keys cannot grow it without limit.
+    credentials: quick_cache::sync::Cache<String, CachedCredential>,
 }
 
 impl Hub {
-    /// A hub whose channels buffer `capacity` frames per connection; a connection further behind is closed
-    /// (its SDK reconnects and starts again from a fresh `put`).
+    /// A hub whose channels buffer `capacity` frames, with default options otherwise.
     pub fn new(capacity: usize) -> Hub {
-        Hub { channels: Mutex::new(HashMap::new()), capacity: capacity.max(1) }
+        Hub::with_options(HubOptions { capacity, ..HubOptions::default() })
+    }
+
+    /// A hub with the given options.
+    pub fn with_options(options: HubOptions) -> Hub {
+        let options = HubOptions { capacity: options.capacity.max(1), ..options };
+        Hub { channels: Mutex::new(HashMap::new()), options, credentials: quick_cache::sync::Cache::new(100_000) }
+    }
+
+    /// The options.
+    pub fn options(&self) -> &HubOptions {
+        &self.options
+    }
+
+    /// A remembered credential lookup that is still fresh: `Some(None)` means "known not to exist".
+    pub(crate) fn cached_credential(&self, key: &str) -> Option<Option<pennant_store::EnvCredential>> {
+        let (found, at) = self.credentials.get(key)?;
+        (at.elapsed() < self.options.credential_ttl).then_some(found)
+    }
+
+    /// Remembers a credential lookup.
+    pub(crate) fn remember_credential(&self, key: &str, found: Option<pennant_store::EnvCredential>) {
+        self.credentials.insert(key.to_owned(), (found, Instant::now()));
+    }
+
+    /// Forgets every remembered credential (after a rotation this process made).
+    pub fn forget_credentials(&self) {
+        self.credentials.clear();
     }
 
     /// The channel of an environment, created on first use.
     pub fn channel(&self, id: &EnvId) -> Arc<EnvChannel> {
         let Ok(mut channels) = self.channels.lock() else {
             // A poisoned map only happens after a panic elsewhere; serve a detached channel rather than fail.
-            return Arc::new(EnvChannel {
-                id: id.clone(),
-                frames: broadcast::channel(self.capacity).0,
-                snapshot: Mutex::new(Arc::new(OnceCell::new())),
-            });
+            return self.new_channel(id);
         };
-        channels
-            .entry(id.clone())
-            .or_insert_with(|| {
-                Arc::new(EnvChannel {
-                    id: id.clone(),
-                    frames: broadcast::channel(self.capacity).0,
-                    snapshot: Mutex::new(Arc::new(OnceCell::new())),
-                })
-            })
-            .clone()
+        channels.entry(id.clone()).or_insert_with(|| self.new_channel(id)).clone()
+    }
+
+    fn new_channel(&self, id: &EnvId) -> Arc<EnvChannel> {
+        Arc::new(EnvChannel {
+            id: id.clone(),
+            frames: broadcast::channel(self.options.capacity).0,
+            flag_frames: broadcast::channel(self.options.capacity).0,
+            snapshot: Mutex::new(Arc::new(OnceCell::new())),
+        })
     }
 
     /// The channel of an environment if anyone ever used it.
@@ -139,17 +220,23 @@ async fn build_snapshot(store: &Store, id: &EnvId) -> Result<Snapshot, StreamErr
     let flags_json = serde_json::to_vec(&flags)?;
     let payload = serde_json::to_vec(&serde_json::json!({"flags": flags, "segments": segments}))?;
     let etag = format!("\"{}\"", &hex::encode(Sha1::digest(&payload))[..20]);
-    let mut put = Vec::with_capacity(payload.len() + 48);
-    put.extend_from_slice(b"event: put\ndata: {\"path\":\"/\",\"data\":");
-    put.extend_from_slice(&payload);
-    put.extend_from_slice(b"}\n\n");
     Ok(Snapshot {
+        put_frame: put_frame(&payload),
+        flags_put_frame: put_frame(&flags_json),
         payload: Bytes::from(payload),
         flags: Bytes::from(flags_json),
         etag,
-        put_frame: Bytes::from(put),
         data,
     })
+}
+
+/// `event: put` with `{"path": "/", "data": DATA}`.
+fn put_frame(data: &[u8]) -> Bytes {
+    let mut put = Vec::with_capacity(data.len() + 48);
+    put.extend_from_slice(b"event: put\ndata: {\"path\":\"/\",\"data\":");
+    put.extend_from_slice(data);
+    put.extend_from_slice(b"}\n\n");
+    Bytes::from(put)
 }
 
 /// An SSE frame: `event: NAME` and one `data:` line (the JSON has no newlines).

@@ -5,7 +5,9 @@
 //! `Bytes` goes to every connection. The environment's payload is built once per change, however many SDKs ask
 //! at once, and shared by every new connection and poll.
 
+mod bus;
 mod hub;
+mod listener;
 mod relay;
 
 use std::sync::Arc;
@@ -22,8 +24,10 @@ use pennant_store::Store;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 
-pub use hub::{EnvChannel, EnvId, Hub, Snapshot};
-pub use relay::{RelayOptions, spawn_outbox_relay};
+pub use bus::NatsBus;
+pub use hub::{EnvChannel, EnvId, Hub, HubOptions, Snapshot};
+pub use listener::serve;
+pub use relay::{RelayOptions, spawn_outbox_relay, spawn_outbox_relay_with};
 
 /// What can fail while serving SDKs.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +44,9 @@ pub enum StreamError {
     /// Encoding failed.
     #[error("encoding error: {0}")]
     Json(#[from] serde_json::Error),
+    /// The change bus (NATS) failed.
+    #[error("{0}")]
+    Bus(String),
     /// Anything else.
     #[error("{0}")]
     Internal(String),
@@ -75,6 +82,7 @@ pub struct StreamState {
 pub fn router(state: StreamState) -> Router {
     Router::new()
         .route("/all", get(stream_all))
+        .route("/flags", get(stream_flags))
         .route("/sdk/latest-all", get(latest_all))
         .route("/sdk/flags", get(all_flags))
         .route("/sdk/flags/{key}", get(one_flag))
@@ -90,25 +98,89 @@ async fn server_env(state: &StreamState, headers: &HeaderMap) -> Result<EnvId, S
         .map(|v| v.trim().trim_start_matches("api_key ").trim())
         .filter(|v| !v.is_empty())
         .ok_or_else(|| StreamError::Unauthorized("send the SDK key in the Authorization header".into()))?;
-    match state.store.find_credential(key).await? {
+    match credential(state, key).await? {
         Some(c) if c.kind == "sdk" => Ok(EnvId { project: c.project_key, env: c.env_key }),
         _ => Err(StreamError::Unauthorized("unknown SDK key".into())),
     }
 }
 
-async fn stream_all(State(state): State<StreamState>, headers: HeaderMap) -> Result<Response, StreamError> {
-    let env = server_env(&state, &headers).await?;
-    let channel = state.hub.channel(&env);
-    // Subscribe before reading the snapshot, so that no change committed in between is missed (SDKs ignore a
-    // patch whose version they already have).
-    let updates = channel.subscribe();
+/// The environment and kind of an SDK key, mobile key or client-side ID, if it exists.
+pub(crate) async fn credential(
+    state: &StreamState,
+    key: &str,
+) -> Result<Option<pennant_store::EnvCredential>, StreamError> {
+    if let Some(found) = state.hub.cached_credential(key) {
+        return Ok(found);
+    }
+    let found = state.store.find_credential(key).await?;
+    state.hub.remember_credential(key, found.clone());
+    Ok(found)
+}
+
+/// Which server-side stream a connection reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamKind {
+    /// `/all`: flags and segments.
+    All,
+    /// `/flags`: the old stream, flags only.
+    Flags,
+}
+
+/// A new stream's first frame and the channel of later ones. Subscribes before reading the snapshot, so that no
+/// change committed in between is missed (SDKs ignore a patch whose version they already have).
+pub(crate) async fn open_stream(
+    state: &StreamState,
+    env: &EnvId,
+    kind: StreamKind,
+) -> Result<(Bytes, tokio::sync::broadcast::Receiver<Bytes>), StreamError> {
+    let channel = state.hub.channel(env);
+    let updates = match kind {
+        StreamKind::All => channel.subscribe(),
+        StreamKind::Flags => channel.subscribe_flags(),
+    };
     let snapshot = channel.snapshot(&state.store).await?;
     metrics::counter!("pennant_stream_connections_total").increment(1);
-    let first = tokio_stream::once(Ok::<Bytes, std::convert::Infallible>(snapshot.put_frame.clone()));
+    let first = match kind {
+        StreamKind::All => snapshot.put_frame.clone(),
+        StreamKind::Flags => snapshot.flags_put_frame.clone(),
+    };
+    Ok((first, updates))
+}
+
+/// When a new stream should end: the maximum lifetime minus up to 10 % jitter, so that SDKs that connected
+/// together do not all reconnect together.
+pub(crate) fn stream_deadline(hub: &Hub) -> Option<tokio::time::Instant> {
+    let lifetime = hub.options().max_connection_lifetime?;
+    let jitter = lifetime.mul_f64(rand::random::<f64>() * 0.1);
+    Some(tokio::time::Instant::now() + lifetime.saturating_sub(jitter))
+}
+
+async fn stream_all(State(state): State<StreamState>, headers: HeaderMap) -> Result<Response, StreamError> {
+    sse_response(&state, &headers, StreamKind::All).await
+}
+
+async fn stream_flags(State(state): State<StreamState>, headers: HeaderMap) -> Result<Response, StreamError> {
+    sse_response(&state, &headers, StreamKind::Flags).await
+}
+
+/// A server-side stream through axum: for connections whose first request was something else (the lean path in
+/// [`serve`] takes the rest), and for tests without a socket.
+async fn sse_response(state: &StreamState, headers: &HeaderMap, kind: StreamKind) -> Result<Response, StreamError> {
+    let env = server_env(state, headers).await?;
+    let (first, updates) = open_stream(state, &env, kind).await?;
+    let first = tokio_stream::once(Ok::<Bytes, std::convert::Infallible>(first));
     // A connection that falls more than the channel's capacity behind ends; its SDK reconnects with a fresh put.
     let frames = BroadcastStream::new(updates).map(|frame| frame.ok());
     let closing = WatchStream::new(state.shutdown.clone()).filter(|stop| *stop).map(|_| None);
-    let rest = frames.merge(closing).map_while(|frame| frame).map(Ok);
+    let expiry = match stream_deadline(&state.hub) {
+        Some(deadline) => tokio::time::sleep_until(deadline),
+        None => tokio::time::sleep(std::time::Duration::from_secs(100 * 365 * 24 * 3600)),
+    };
+    let expired = tokio_stream::once(None).then(move |none| async move {
+        expiry.await;
+        none
+    });
+    let rest = frames.merge(closing).merge(expired).map_while(|frame| frame).map(Ok);
     let mut response = Response::new(Body::from_stream(first.chain(rest)));
     let h = response.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));

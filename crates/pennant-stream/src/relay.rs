@@ -32,10 +32,22 @@ impl Default for RelayOptions {
 pub fn spawn_outbox_relay(
     store: Store,
     hub: Arc<Hub>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     options: RelayOptions,
 ) -> JoinHandle<()> {
+    spawn_outbox_relay_with(store, hub, shutdown, options, None)
+}
+
+/// Like [`spawn_outbox_relay`], also woken by announcements of other nodes' commits (see [`crate::NatsBus`]).
+pub fn spawn_outbox_relay_with(
+    store: Store,
+    hub: Arc<Hub>,
+    mut shutdown: watch::Receiver<bool>,
+    options: RelayOptions,
+    announcements: Option<watch::Receiver<i64>>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
+        let mut announcements = announcements;
         let mut changes = store.subscribe();
         let mut last = changes.borrow_and_update().outbox_id;
         let mut heartbeat = tokio::time::interval(options.heartbeat);
@@ -49,13 +61,23 @@ pub fn spawn_outbox_relay(
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "outbox relay could not read the outbox; retrying"),
             }
+            let announced = async {
+                match announcements.as_mut() {
+                    Some(rx) => {
+                        if rx.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
                 _ = changes.changed() => {}
+                () = announced => {}
                 _ = tokio::time::sleep(options.poll_interval) => {}
                 _ = heartbeat.tick() => {
-                    let beat = bytes::Bytes::from_static(b":\n\n");
                     for channel in hub.all() {
-                        channel.publish(beat.clone());
+                        channel.heartbeat();
                     }
                 }
                 _ = shutdown.changed() => {}
@@ -87,18 +109,28 @@ async fn relay_round(store: &Store, hub: &Hub, last: i64, batch: u32) -> Result<
         let id = EnvId { project: row.project_key.clone(), env: row.env_key.clone() };
         let Some(channel) = hub.existing(&id) else { continue };
         channel.invalidate();
-        if channel.connections() == 0 {
+        let old_style = row.kind == "flag" && channel.flag_connections() > 0;
+        if channel.connections() == 0 && !old_style {
             continue;
         }
-        let frame = change_frame(store, row).await?;
+        let (frame, flags_frame) = change_frames(store, row, old_style).await?;
         channel.publish(frame);
+        if let Some(frame) = flags_frame {
+            channel.publish_flags(frame);
+        }
         metrics::counter!("pennant_stream_changes_published_total").increment(1);
     }
     Ok(Some(newest))
 }
 
-async fn change_frame(store: &Store, row: &OutboxRow) -> Result<bytes::Bytes, StoreError> {
+/// The `/all` frame of a change and, when asked, the old `/flags` stream's frame (paths without the kind).
+async fn change_frames(
+    store: &Store,
+    row: &OutboxRow,
+    old_style: bool,
+) -> Result<(bytes::Bytes, Option<bytes::Bytes>), StoreError> {
     let path = format!("/{}s/{}", row.kind, row.key);
+    let old_path = format!("/{}", row.key);
     let found = match row.kind.as_str() {
         "flag" => match store.get_flag(&row.project_key, &row.key).await {
             Ok(record) => record.data.render(&row.env_key, record.version).map(serde_json::to_value),
@@ -112,8 +144,14 @@ async fn change_frame(store: &Store, row: &OutboxRow) -> Result<bytes::Bytes, St
         },
     };
     Ok(match found {
-        Some(Ok(data)) => frame("patch", &json!({"path": path, "data": data})),
+        Some(Ok(data)) => {
+            let old = old_style.then(|| frame("patch", &json!({"path": old_path, "data": data})));
+            (frame("patch", &json!({"path": path, "data": data})), old)
+        }
         Some(Err(e)) => return Err(StoreError::Corrupt(e.to_string())),
-        None => frame("delete", &json!({"path": path, "version": row.version})),
+        None => {
+            let old = old_style.then(|| frame("delete", &json!({"path": old_path, "version": row.version})));
+            (frame("delete", &json!({"path": path, "version": row.version})), old)
+        }
     })
 }

@@ -36,6 +36,51 @@ pub struct ServeArgs {
     /// Log filter, e.g. `info` or `pennant=debug,info`.
     #[arg(long, env = "PENNANT_LOG")]
     pub log: Option<String>,
+    /// What this process serves: `all` (default), `api` (management API and webhooks), or `stream` (SDK
+    /// streaming and polling endpoints). Several `stream` processes can share a port with `--reuse-port`.
+    #[arg(long, env = "PENNANT_ROLE")]
+    pub role: Option<String>,
+    /// Let several processes listen on the same address (SO_REUSEPORT); the kernel spreads connections.
+    #[arg(long, env = "PENNANT_REUSE_PORT", num_args = 0..=1, default_missing_value = "true")]
+    pub reuse_port: Option<bool>,
+    /// NATS server URL (`nats://HOST:PORT`): committed changes are announced there to every streaming node.
+    #[arg(long, env = "PENNANT_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Redis URL (`redis://HOST:PORT[/DB]`): environment payloads are shared there between nodes.
+    #[arg(long, env = "PENNANT_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Prefix of NATS subjects and Redis keys, so that several deployments can share those servers.
+    #[arg(long, env = "PENNANT_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Streams are closed after about this many seconds so that SDKs reconnect and spread over nodes (0: never).
+    #[arg(long, env = "PENNANT_STREAM_MAX_CONNECTION_SECONDS")]
+    pub stream_max_connection_seconds: Option<u64>,
+    /// Seconds between heartbeat comments on idle streams.
+    #[arg(long, env = "PENNANT_STREAM_HEARTBEAT_SECONDS")]
+    pub stream_heartbeat_seconds: Option<u64>,
+}
+
+/// What a `pennant serve` process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Everything in one process (the default).
+    All,
+    /// The management API, webhooks, health and metrics.
+    Api,
+    /// The SDK streaming and polling endpoints, health and metrics.
+    Stream,
+}
+
+impl Role {
+    /// Serves the management API.
+    pub fn api(self) -> bool {
+        matches!(self, Role::All | Role::Api)
+    }
+
+    /// Serves the SDK endpoints.
+    pub fn stream(self) -> bool {
+        matches!(self, Role::All | Role::Stream)
+    }
 }
 
 /// The same settings as a file.
@@ -50,6 +95,13 @@ struct FileConfig {
     rate_limit_burst: Option<u32>,
     shutdown_grace_seconds: Option<u64>,
     log: Option<String>,
+    role: Option<String>,
+    reuse_port: Option<bool>,
+    nats_url: Option<String>,
+    redis_url: Option<String>,
+    namespace: Option<String>,
+    stream_max_connection_seconds: Option<u64>,
+    stream_heartbeat_seconds: Option<u64>,
 }
 
 /// Validated settings.
@@ -71,6 +123,20 @@ pub struct ServeConfig {
     pub shutdown_grace_seconds: u64,
     /// Log filter.
     pub log: String,
+    /// What this process serves.
+    pub role: Role,
+    /// SO_REUSEPORT on the listener.
+    pub reuse_port: bool,
+    /// NATS bus, if any.
+    pub nats_url: Option<String>,
+    /// Redis payload cache, if any.
+    pub redis_url: Option<String>,
+    /// NATS subject and Redis key prefix.
+    pub namespace: String,
+    /// Stream lifetime (`None`: unlimited).
+    pub stream_max_connection_seconds: Option<u64>,
+    /// Heartbeat interval.
+    pub stream_heartbeat_seconds: u64,
 }
 
 /// A configuration that cannot be used, with what to change.
@@ -178,7 +244,74 @@ impl ServeArgs {
                 reason: "not a valid log filter, e.g. info or pennant=debug",
             });
         }
+        let role = match self.role.clone().or(file.role).as_deref() {
+            None | Some("all") => Role::All,
+            Some("api") => Role::Api,
+            Some("stream") => Role::Stream,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    setting: "--role",
+                    value: other.to_owned(),
+                    reason: "expected all, api or stream",
+                });
+            }
+        };
+        let reuse_port = self.reuse_port.or(file.reuse_port).unwrap_or(false);
+        let nats_url = self.nats_url.clone().or(file.nats_url);
+        if let Some(url) = &nats_url
+            && !(url.starts_with("nats://") || url.starts_with("tls://"))
+        {
+            return Err(ConfigError::Invalid {
+                setting: "--nats-url",
+                value: url.clone(),
+                reason: "use nats://HOST:PORT",
+            });
+        }
+        let redis_url = self.redis_url.clone().or(file.redis_url);
+        if let Some(url) = &redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(ConfigError::Invalid {
+                setting: "--redis-url",
+                value: url.clone(),
+                reason: "use redis://HOST:PORT[/DB]",
+            });
+        }
+        let namespace = self.namespace.clone().or(file.namespace).unwrap_or_else(|| "pennant".into());
+        if namespace.is_empty()
+            || namespace.len() > 64
+            || !namespace.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(ConfigError::Invalid {
+                setting: "--namespace",
+                value: namespace,
+                reason: "1 to 64 letters, digits, '-' or '_'",
+            });
+        }
+        let lifetime = self.stream_max_connection_seconds.or(file.stream_max_connection_seconds).unwrap_or(3600);
+        if (1..10).contains(&lifetime) {
+            return Err(ConfigError::Invalid {
+                setting: "--stream-max-connection-seconds",
+                value: lifetime.to_string(),
+                reason: "must be 0 (unlimited) or at least 10",
+            });
+        }
+        let stream_heartbeat_seconds = self.stream_heartbeat_seconds.or(file.stream_heartbeat_seconds).unwrap_or(60);
+        if !(1..=170).contains(&stream_heartbeat_seconds) {
+            return Err(ConfigError::Invalid {
+                setting: "--stream-heartbeat-seconds",
+                value: stream_heartbeat_seconds.to_string(),
+                reason: "must be between 1 and 170 (SDKs drop streams silent for 3 minutes or more)",
+            });
+        }
         Ok(ServeConfig {
+            role,
+            reuse_port,
+            nats_url,
+            redis_url,
+            namespace,
+            stream_max_connection_seconds: (lifetime > 0).then_some(lifetime),
+            stream_heartbeat_seconds,
             listen,
             data_dir,
             database_url,
@@ -213,6 +346,8 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("./pennant-data"));
         assert_eq!(c.database_url, "sqlite://./pennant-data/pennant.db?mode=rwc");
         assert_eq!((c.max_body_bytes, c.rate_limit_per_second, c.rate_limit_burst), (1 << 20, 100, 200));
+        assert_eq!((c.role, c.reuse_port, c.nats_url, c.redis_url), (Role::All, false, None, None));
+        assert_eq!((c.stream_max_connection_seconds, c.stream_heartbeat_seconds), (Some(3600), 60));
     }
 
     #[test]
@@ -247,6 +382,14 @@ mod tests {
             (ServeArgs { rate_limit_burst: Some(0), ..args() }, "--rate-limit-burst"),
             (ServeArgs { shutdown_grace_seconds: Some(6000), ..args() }, "--shutdown-grace-seconds"),
             (ServeArgs { log: Some("[[[".into()), ..args() }, "--log"),
+            (ServeArgs { role: Some("everything".into()), ..args() }, "--role"),
+            (ServeArgs { nats_url: Some("http://127.0.0.1:4222".into()), ..args() }, "--nats-url"),
+            (ServeArgs { redis_url: Some("127.0.0.1:6379".into()), ..args() }, "--redis-url"),
+            (ServeArgs { namespace: Some(String::new()), ..args() }, "--namespace"),
+            (ServeArgs { namespace: Some("a.b".into()), ..args() }, "--namespace"),
+            (ServeArgs { stream_max_connection_seconds: Some(3), ..args() }, "--stream-max-connection-seconds"),
+            (ServeArgs { stream_heartbeat_seconds: Some(0), ..args() }, "--stream-heartbeat-seconds"),
+            (ServeArgs { stream_heartbeat_seconds: Some(180), ..args() }, "--stream-heartbeat-seconds"),
         ];
         for (a, setting) in cases {
             let err = a.resolve().unwrap_err();

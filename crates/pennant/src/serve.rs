@@ -57,23 +57,31 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
     let store = Store::open(&config.database_url).await.with_context(|| format!("opening {}", config.database_url))?;
-    let bootstrap = bootstrap(&store, &config.data_dir).await?;
+    // Only the API (or all-in-one) process creates the first admin and project; streaming nodes just serve them.
+    let bootstrap = if config.role.api() { bootstrap(&store, &config.data_dir).await? } else { None };
     let metrics = PrometheusBuilder::new().install_recorder().context("installing the metrics recorder")?;
     let limits = ApiLimits {
         max_body_bytes: config.max_body_bytes,
         requests_per_second: config.rate_limit_per_second.try_into().context("rate limit")?,
         burst: config.rate_limit_burst.try_into().context("rate limit burst")?,
     };
-    let hub = std::sync::Arc::new(pennant_stream::Hub::new(1024));
+    let hub = std::sync::Arc::new(pennant_stream::Hub::with_options(pennant_stream::HubOptions {
+        max_connection_lifetime: config.stream_max_connection_seconds.map(Duration::from_secs),
+        ..pennant_stream::HubOptions::default()
+    }));
     // Becomes true on SIGINT/SIGTERM: streams end (SDKs reconnect elsewhere), the relay and webhooks stop.
     let (stopping, _) = tokio::sync::watch::channel(false);
-    let app = Router::new()
-        .merge(pennant_api::router(ApiState::new(store.clone(), limits)))
-        .merge(pennant_stream::router(pennant_stream::StreamState {
-            store: store.clone(),
-            hub: hub.clone(),
-            shutdown: stopping.subscribe(),
-        }))
+    let stream_state =
+        pennant_stream::StreamState { store: store.clone(), hub: hub.clone(), shutdown: stopping.subscribe() };
+
+    let mut app = Router::new();
+    if config.role.api() {
+        app = app.merge(pennant_api::router(ApiState::new(store.clone(), limits)));
+    }
+    if config.role.stream() {
+        app = app.merge(pennant_stream::router(stream_state.clone()));
+    }
+    let app = app
         .merge(
             Router::new()
                 .route("/health", get(health))
@@ -83,49 +91,91 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .layer(middleware::from_fn(record_request))
         .layer(tower_http::trace::TraceLayer::new_for_http());
 
-    let webhooks = pennant_api::webhooks::spawn_webhook_dispatcher(
-        store.clone(),
-        stopping.subscribe(),
-        pennant_api::webhooks::WebhookOptions::default(),
-    );
+    let bus = match &config.nats_url {
+        Some(url) => Some(
+            pennant_stream::NatsBus::connect(url, &config.namespace, Duration::from_secs(10))
+                .await
+                .context("connecting to the change bus")?,
+        ),
+        None => None,
+    };
+    let mut tasks = Vec::new();
+    if config.role.api() {
+        tasks.push(pennant_api::webhooks::spawn_webhook_dispatcher(
+            store.clone(),
+            stopping.subscribe(),
+            pennant_api::webhooks::WebhookOptions::default(),
+        ));
+        if let Some(bus) = &bus {
+            tasks.push(bus.spawn_announcer(store.clone(), stopping.subscribe()));
+        }
+    }
+    if config.role.stream() {
+        let announcements = match &bus {
+            Some(bus) => Some(bus.listen(stopping.subscribe()).await.context("listening for changes")?),
+            None => None,
+        };
+        let options = pennant_stream::RelayOptions {
+            heartbeat: Duration::from_secs(config.stream_heartbeat_seconds),
+            ..pennant_stream::RelayOptions::default()
+        };
+        tasks.push(pennant_stream::spawn_outbox_relay_with(
+            store.clone(),
+            hub,
+            stopping.subscribe(),
+            options,
+            announcements,
+        ));
+    }
 
-    let relay = pennant_stream::spawn_outbox_relay(
-        store.clone(),
-        hub,
-        stopping.subscribe(),
-        pennant_stream::RelayOptions::default(),
-    );
-
-    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("listening on {}", config.listen))?;
+    let listener = bind(config.listen, config.reuse_port).with_context(|| format!("listening on {}", config.listen))?;
     let addr = listener.local_addr()?;
     print_banner(&store, &config, addr, bootstrap.as_ref()).await?;
 
-    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let stop = stopping.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down: no new connections; closing streams; finishing requests in flight");
         stop.send_replace(true);
-        let _ = signalled_tx.send(());
     });
+    let lean = config.role.stream().then_some(stream_state);
+    let server = pennant_stream::serve(listener, app, stopping.subscribe(), lean);
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
-    let server = std::pin::pin!(server.into_future());
+    let mut stopped = stopping.subscribe();
+    let server = std::pin::pin!(server);
     tokio::select! {
         result = server => result.context("serving HTTP")?,
         () = async {
-            let _ = signalled_rx.await;
+            let _ = stopped.wait_for(|stop| *stop).await;
             tokio::time::sleep(grace).await;
         } => tracing::warn!(?grace, "requests still in flight after the grace period; stopping anyway"),
     }
     // Attempts under way finish (each is bounded by its timeout); pending ones resume at the next start.
     stopping.send_replace(true);
-    let _ = relay.await;
-    if tokio::time::timeout(grace, webhooks).await.is_err() {
-        tracing::warn!("webhook deliveries still under way after the grace period");
+    for task in tasks {
+        if tokio::time::timeout(grace, task).await.is_err() {
+            tracing::warn!("a background task was still busy after the grace period");
+        }
     }
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds the listener; with `reuse_port`, several processes can bind the same address and the kernel spreads
+/// new connections over them (how one machine runs more streams than one process may hold file descriptors).
+fn bind(addr: std::net::SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(reuse_port)?;
+    #[cfg(not(unix))]
+    if reuse_port {
+        return Err(std::io::Error::other("--reuse-port needs a Unix system"));
+    }
+    socket.bind(addr)?;
+    // Reconnection storms arrive all at once: a deep accept queue (capped by net.core.somaxconn).
+    socket.listen(4096)
 }
 
 async fn shutdown_signal() {
@@ -201,6 +251,15 @@ async fn print_banner(
     let mut out = String::new();
     let url = format!("http://{addr}");
     out.push_str(&format!("Pennant {} is running at {url}\n", env!("CARGO_PKG_VERSION")));
+    let role = match config.role {
+        crate::config::Role::All => "all (management API, SDK streaming and polling)",
+        crate::config::Role::Api => "api (management API, webhooks)",
+        crate::config::Role::Stream => "stream (SDK streaming and polling)",
+    };
+    out.push_str(&format!("  role           {role}{}\n", if config.reuse_port { ", port shared" } else { "" }));
+    if let Some(url) = &config.nats_url {
+        out.push_str(&format!("  change bus     {url} (subject {}.changes)\n", config.namespace));
+    }
     out.push_str(&format!("  database       {}\n", redact_url(&config.database_url)));
     out.push_str(&format!("  API            {url}/api/v2 (OpenAPI: {url}/api/v2/openapi.json)\n"));
     out.push_str(&format!("  health         {url}/health   metrics {url}/metrics\n"));

@@ -1,0 +1,217 @@
+//! The SDK-facing listener. Server-side streams are nearly all of a streaming node's connections and sit idle
+//! most of the time, so they take a lean path: the request head is peeked and parsed (`httparse`), and a
+//! connection whose first request is a valid `GET /all` or `GET /flags` is served by a small task that writes the
+//! shared, pre-encoded frames straight to the socket — no HTTP framework buffers (hyper keeps ~16 KiB per
+//! connection), no per-frame allocation. Everything else (including every request the lean path does not fully
+//! accept, such as a bad key, which then gets axum's JSON error) goes to hyper and the axum router unchanged,
+//! because the lean path only ever peeks before it decides.
+
+use std::io;
+use std::time::Duration;
+
+use axum::Router;
+use bytes::Bytes;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::{EnvId, StreamKind, StreamState};
+
+/// Largest request head the lean path looks at; longer ones go to hyper.
+const PEEK_LIMIT: usize = 4096;
+/// A connection that sends no request within this long is dropped.
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
+
+const STREAM_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\n\
+content-type: text/event-stream; charset=utf-8\r\n\
+cache-control: no-cache\r\n\
+x-accel-buffering: no\r\n\
+connection: close\r\n\r\n";
+
+/// Serves `app` on `listener` until `shutdown` becomes `true`; then stops accepting and waits for requests in
+/// flight (streams end by themselves on the same signal). With `lean` (whose router `app` must include),
+/// connections whose first request is a server-side stream take the lean path described in the module
+/// documentation.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    lean: Option<StreamState>,
+) -> io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => {
+                    let _ = socket.set_nodelay(true);
+                    let app = app.clone();
+                    let lean = lean.clone();
+                    let watcher = graceful.watcher();
+                    tokio::spawn(async move {
+                        let socket = match &lean {
+                            Some(state) => try_lean(socket, state).await,
+                            None => Some(socket),
+                        };
+                        if let Some(socket) = socket {
+                            let service = TowerToHyperService::new(app);
+                            let conn = hyper::server::conn::http1::Builder::new()
+                                .timer(hyper_util::rt::TokioTimer::new())
+                                .header_read_timeout(FIRST_BYTE_TIMEOUT)
+                                .serve_connection(TokioIo::new(socket), service);
+                            let _ = watcher.watch(conn).await;
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off rather than spin; the listener recovers.
+                    metrics::counter!("pennant_stream_accept_errors_total").increment(1);
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// What the lean path needs from a request it takes.
+struct LeanRequest {
+    head_len: usize,
+    kind: StreamKind,
+    key: String,
+}
+
+/// Serves the connection on the lean path if its first request is a stream request we accept; otherwise hands
+/// the socket back untouched.
+async fn try_lean(socket: TcpStream, state: &StreamState) -> Option<TcpStream> {
+    let request = match tokio::time::timeout(FIRST_BYTE_TIMEOUT, peek_request(&socket)).await {
+        Ok(Ok(Some(request))) => request,
+        Ok(Ok(None)) => return Some(socket),
+        Ok(Err(_)) | Err(_) => return None, // Gone or silent: nothing to answer.
+    };
+    let env = match crate::credential(state, &request.key).await {
+        Ok(Some(c)) if c.kind == "sdk" => EnvId { project: c.project_key, env: c.env_key },
+        _ => return Some(socket), // axum answers with the right error.
+    };
+    let (first, updates) = match crate::open_stream(state, &env, request.kind).await {
+        Ok(opened) => opened,
+        Err(_) => return Some(socket),
+    };
+    lean_stream(socket, request.head_len, first, updates, state).await;
+    None
+}
+
+/// Peeks at the first request; `Some` if it is a plain `GET /all` or `GET /flags` with a key.
+async fn peek_request(socket: &TcpStream) -> io::Result<Option<LeanRequest>> {
+    let mut buf = vec![0u8; PEEK_LIMIT];
+    let n = socket.peek(&mut buf).await?;
+    if n == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut request = httparse::Request::new(&mut headers);
+    // A head split over several segments, too many headers or anything unusual: hyper handles it.
+    let Ok(httparse::Status::Complete(head_len)) = request.parse(&buf[..n]) else { return Ok(None) };
+    if request.method != Some("GET") || request.version != Some(1) {
+        return Ok(None);
+    }
+    let kind = match request.path {
+        Some("/all") => StreamKind::All,
+        Some("/flags") => StreamKind::Flags,
+        _ => return Ok(None), // Including query strings such as `?filter=`.
+    };
+    let mut key = None;
+    for header in request.headers.iter() {
+        let name = header.name;
+        if name.eq_ignore_ascii_case("authorization") {
+            let value = std::str::from_utf8(header.value).ok().map(|v| v.trim().trim_start_matches("api_key ").trim());
+            key = value.filter(|v| !v.is_empty()).map(str::to_owned);
+        } else if name.eq_ignore_ascii_case("content-length") && header.value != b"0"
+            || name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("upgrade")
+            || name.eq_ignore_ascii_case("expect")
+        {
+            return Ok(None);
+        }
+    }
+    Ok(key.map(|key| LeanRequest { head_len, kind, key }))
+}
+
+/// Writes the response head and the first frame, then every frame of the channel until the stream ends: the
+/// client goes away, falls too far behind, stops reading, the connection reaches its lifetime, or the server
+/// shuts down. The body is delimited by closing the connection (`connection: close`), so frames go out as they
+/// are, with no chunk framing to build per connection.
+async fn lean_stream(
+    mut socket: TcpStream,
+    head_len: usize,
+    first: Bytes,
+    mut updates: tokio::sync::broadcast::Receiver<Bytes>,
+    state: &StreamState,
+) {
+    let write_timeout = state.hub.options().write_timeout;
+    // Consume the request head we peeked (it is in the socket's buffer already).
+    let mut head = vec![0u8; head_len];
+    if socket.read_exact(&mut head).await.is_err() {
+        return;
+    }
+    drop(head);
+    metrics::gauge!("pennant_stream_open_connections").increment(1.0);
+    let mut shutdown = state.shutdown.clone();
+    let deadline = crate::stream_deadline(&state.hub);
+    let expiry = async move {
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
+    let (mut reader, mut writer) = socket.split();
+    let started = async {
+        writer.write_all(STREAM_HEAD).await?;
+        writer.write_all(&first).await
+    };
+    let mut open = matches!(tokio::time::timeout(write_timeout, started).await, Ok(Ok(())));
+    drop(first);
+    let mut scratch = [0u8; 64];
+    while open {
+        tokio::select! {
+            frame = updates.recv() => match frame {
+                Ok(frame) => {
+                    open = matches!(tokio::time::timeout(write_timeout, writer.write_all(&frame)).await, Ok(Ok(())));
+                    if !open {
+                        metrics::counter!("pennant_stream_stalled_closed_total").increment(1);
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {
+                    // Too far behind: the SDK reconnects and gets a fresh put.
+                    metrics::counter!("pennant_stream_lagged_closed_total").increment(1);
+                    open = false;
+                }
+                Err(RecvError::Closed) => open = false,
+            },
+            read = reader.read(&mut scratch) => {
+                // The client sends nothing after its request: end of stream or an error means it is gone.
+                open = matches!(read, Ok(n) if n > 0);
+            }
+            () = &mut expiry => {
+                metrics::counter!("pennant_stream_lifetime_closed_total").increment(1);
+                open = false;
+            }
+            changed = shutdown.changed() => {
+                open = changed.is_ok() && !*shutdown.borrow();
+            }
+        }
+    }
+    let _ = writer.shutdown().await;
+    metrics::gauge!("pennant_stream_open_connections").decrement(1.0);
+}
