@@ -176,10 +176,10 @@ async fn sse_response(state: &StreamState, headers: &HeaderMap, kind: StreamKind
         Some(deadline) => tokio::time::sleep_until(deadline),
         None => tokio::time::sleep(std::time::Duration::from_secs(100 * 365 * 24 * 3600)),
     };
-    let expired = tokio_stream::once(None).then(move |none| async move {
+    let expired = Box::pin(futures_util::stream::once(async move {
         expiry.await;
-        none
-    });
+        None
+    }));
     let rest = frames.merge(closing).merge(expired).map_while(|frame| frame).map(Ok);
     let mut response = Response::new(Body::from_stream(first.chain(rest)));
     let h = response.headers_mut();
