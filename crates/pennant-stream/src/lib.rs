@@ -6,6 +6,7 @@
 //! at once, and shared by every new connection and poll.
 
 mod bus;
+mod clientside;
 mod hub;
 mod listener;
 mod relay;
@@ -87,6 +88,7 @@ pub fn router(state: StreamState) -> Router {
         .route("/sdk/flags", get(all_flags))
         .route("/sdk/flags/{key}", get(one_flag))
         .route("/sdk/segments/{key}", get(one_segment))
+        .merge(clientside::routes())
         .with_state(state)
 }
 

@@ -29,7 +29,27 @@ const STREAM_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\n\
 content-type: text/event-stream; charset=utf-8\r\n\
 cache-control: no-cache\r\n\
 x-accel-buffering: no\r\n\
+transfer-encoding: chunked\r\n\
 connection: close\r\n\r\n";
+
+/// Ends a chunked body.
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Writes one frame as one HTTP chunk. The chunk header is formatted on the stack and the three parts go out in one
+/// vectored write, so the shared frame is never copied per connection.
+async fn write_chunk<W: tokio::io::AsyncWrite + Unpin>(writer: &mut W, frame: &[u8]) -> io::Result<()> {
+    use bytes::Buf;
+    use std::io::Write as _;
+    if frame.is_empty() {
+        return Ok(()); // An empty chunk would end the body.
+    }
+    let mut header = [0u8; 18];
+    let mut cursor = io::Cursor::new(&mut header[..]);
+    write!(cursor, "{:x}\r\n", frame.len())?;
+    let header_len = usize::try_from(cursor.position()).unwrap_or(0);
+    let mut parts = Buf::chain(Buf::chain(&header[..header_len], frame), &b"\r\n"[..]);
+    writer.write_all_buf(&mut parts).await
+}
 
 /// Serves `app` on `listener` until `shutdown` becomes `true`; then stops accepting and waits for requests in
 /// flight (streams end by themselves on the same signal). With `lean` (whose router `app` must include),
@@ -149,8 +169,8 @@ async fn peek_request(socket: &TcpStream) -> io::Result<Option<LeanRequest>> {
 
 /// Writes the response head and the first frame, then every frame of the channel until the stream ends: the
 /// client goes away, falls too far behind, stops reading, the connection reaches its lifetime, or the server
-/// shuts down. The body is delimited by closing the connection (`connection: close`), so frames go out as they
-/// are, with no chunk framing to build per connection.
+/// shuts down. The body is chunked (SSE clients such as urllib3 buffer a close-delimited body until a whole read
+/// buffer is full), and the connection closes when the stream ends.
 async fn lean_stream(
     mut socket: TcpStream,
     head_len: usize,
@@ -178,7 +198,7 @@ async fn lean_stream(
     let (mut reader, mut writer) = socket.split();
     let started = async {
         writer.write_all(STREAM_HEAD).await?;
-        writer.write_all(&first).await
+        write_chunk(&mut writer, &first).await
     };
     let mut open = matches!(tokio::time::timeout(write_timeout, started).await, Ok(Ok(())));
     drop(first);
@@ -187,7 +207,7 @@ async fn lean_stream(
         tokio::select! {
             frame = updates.recv() => match frame {
                 Ok(frame) => {
-                    open = matches!(tokio::time::timeout(write_timeout, writer.write_all(&frame)).await, Ok(Ok(())));
+                    open = matches!(tokio::time::timeout(write_timeout, write_chunk(&mut writer, &frame)).await, Ok(Ok(())));
                     if !open {
                         metrics::counter!("pennant_stream_stalled_closed_total").increment(1);
                     }
@@ -212,6 +232,8 @@ async fn lean_stream(
             }
         }
     }
+    // A clean end of body for clients still reading; a gone client just fails this write.
+    let _ = tokio::time::timeout(write_timeout, writer.write_all(LAST_CHUNK)).await;
     let _ = writer.shutdown().await;
     metrics::gauge!("pennant_stream_open_connections").decrement(1.0);
 }
