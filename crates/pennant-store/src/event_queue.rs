@@ -1,0 +1,133 @@
+//! The embedded event queue's table: analytics batches acknowledged by the front door and not yet acknowledged by
+//! the processors (`pennant-events` owns the queue logic: group commit, bounds, cursors).
+
+use sqlx::Row;
+
+use crate::db::Store;
+use crate::error::Result;
+use crate::model::Actor;
+
+/// A batch to insert.
+#[derive(Debug, Clone)]
+pub struct NewQueueRow<'a> {
+    /// Project key.
+    pub project_key: &'a str,
+    /// Environment key.
+    pub env_key: &'a str,
+    /// `X-LaunchDarkly-Payload-ID`, if the SDK sent one.
+    pub payload_id: Option<&'a str>,
+    /// When the front door received it (Unix ms).
+    pub received_at: i64,
+    /// `X-LaunchDarkly-Event-Schema` (0 when absent).
+    pub schema_version: i32,
+    /// The decompressed JSON array.
+    pub body: &'a [u8],
+}
+
+/// A queued batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueRow {
+    /// Queue position; increases with every insert and is never reused.
+    pub id: i64,
+    /// Project key.
+    pub project_key: String,
+    /// Environment key.
+    pub env_key: String,
+    /// `X-LaunchDarkly-Payload-ID`, if the SDK sent one.
+    pub payload_id: Option<String>,
+    /// When the front door received it (Unix ms).
+    pub received_at: i64,
+    /// `X-LaunchDarkly-Event-Schema` (0 when absent).
+    pub schema_version: i32,
+    /// The decompressed JSON array.
+    pub body: Vec<u8>,
+}
+
+/// Rows deleted per statement.
+const DELETE_CHUNK: usize = 500;
+
+impl Store {
+    /// Inserts batches in one transaction (group commit) and returns their IDs in order.
+    pub async fn event_queue_insert(&self, rows: &[NewQueueRow<'_>]) -> Result<Vec<i64>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin(&Actor::system("event-queue")).await?;
+        let mut ids = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO event_queue (project_key, env_key, payload_id, received_at, schema_version, body) \
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            )
+            .bind(row.project_key.to_owned())
+            .bind(row.env_key.to_owned())
+            .bind(row.payload_id.map(str::to_owned))
+            .bind(row.received_at)
+            .bind(row.schema_version)
+            .bind(row.body.to_vec())
+            .fetch_one(&mut *tx.tx)
+            .await?;
+            ids.push(id);
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    /// Up to `limit` batches with an ID greater than `after_id`, oldest first.
+    pub async fn event_queue_fetch(&self, after_id: i64, limit: i64) -> Result<Vec<QueueRow>> {
+        let rows = sqlx::query(
+            "SELECT id, project_key, env_key, payload_id, received_at, schema_version, body FROM event_queue \
+             WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(QueueRow {
+                    id: row.try_get("id")?,
+                    project_key: row.try_get("project_key")?,
+                    env_key: row.try_get("env_key")?,
+                    payload_id: row.try_get("payload_id")?,
+                    received_at: row.try_get("received_at")?,
+                    schema_version: row.try_get("schema_version")?,
+                    body: row.try_get("body")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes acknowledged batches; returns how many rows went.
+    pub async fn event_queue_delete(&self, ids: &[i64]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.begin(&Actor::system("event-queue")).await?;
+        let mut deleted = 0;
+        for chunk in ids.chunks(DELETE_CHUNK) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!("DELETE FROM event_queue WHERE id IN ({})", placeholders.join(", "));
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            deleted += query.execute(&mut *tx.tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    /// How many batches are queued and their total body size in bytes.
+    pub async fn event_queue_stats(&self) -> Result<(u64, u64)> {
+        let row = sqlx::query(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n, CAST(COALESCE(SUM(LENGTH(body)), 0) AS BIGINT) AS bytes \
+             FROM event_queue",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let n: i64 = row.try_get("n")?;
+        let bytes: i64 = row.try_get("bytes")?;
+        Ok((u64::try_from(n).unwrap_or(0), u64::try_from(bytes).unwrap_or(0)))
+    }
+}
