@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod insights;
 pub mod patch;
 pub mod routes;
 pub mod state;
@@ -30,7 +31,7 @@ pub use webhooks::{WebhookOptions, spawn_webhook_dispatcher};
     info(title = "Pennant management API", description = "Projects, environments, flags, segments, changelog and access."),
     tags(
         (name = "projects"), (name = "environments"), (name = "flags"), (name = "segments"),
-        (name = "changelog"), (name = "access"), (name = "webhooks")
+        (name = "changelog"), (name = "access"), (name = "webhooks"), (name = "insights")
     ),
     components(schemas(error::ErrorBody))
 )]
@@ -45,6 +46,7 @@ fn api_router() -> OpenApiRouter<ApiState> {
         .merge(routes::changelog::router())
         .merge(routes::access::router())
         .merge(routes::webhooks::router())
+        .merge(insights::router())
 }
 
 /// The OpenAPI document of `/api/v2`.

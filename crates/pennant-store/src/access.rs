@@ -197,6 +197,7 @@ impl Store {
     /// Starts a session; returns the session token (stored as a digest).
     pub async fn create_session(&self, member_id: &str, ttl_ms: i64) -> Result<String> {
         let token = crate::random_secret("ses-");
+        let _guard = self.write_guard().await;
         sqlx::query("INSERT INTO sessions (token_hash, member_id, expires_at) VALUES ($1, $2, $3)")
             .bind(crate::sha256_hex(&token))
             .bind(member_id.to_owned())
@@ -222,6 +223,7 @@ impl Store {
 
     /// Ends a session.
     pub async fn delete_session(&self, token: &str) -> Result<()> {
+        let _guard = self.write_guard().await;
         sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
             .bind(crate::sha256_hex(token))
             .execute(&self.pool)
@@ -275,6 +277,7 @@ impl Store {
         let Some(row) = row else { return Ok(None) };
         let mut token = token_from(&row)?;
         let now = crate::now_ms();
+        let _guard = self.write_guard().await;
         sqlx::query("UPDATE api_tokens SET last_used = $1 WHERE id = $2")
             .bind(now)
             .bind(token.id.clone())

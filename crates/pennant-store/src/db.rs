@@ -69,10 +69,14 @@ impl<'s> MigrationSource<'s> for Embedded {
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
     (2, "webhook_deliveries", include_str!("../migrations/sqlite/0002_webhook_deliveries.sql")),
+    (3, "event_queue", include_str!("../migrations/sqlite/0003_event_queue.sql")),
+    (4, "insights", include_str!("../migrations/sqlite/0004_insights.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
     (2, "webhook_deliveries", include_str!("../migrations/postgres/0002_webhook_deliveries.sql")),
+    (3, "event_queue", include_str!("../migrations/postgres/0003_event_queue.sql")),
+    (4, "insights", include_str!("../migrations/postgres/0004_insights.sql")),
 ];
 
 impl Store {
@@ -145,11 +149,18 @@ impl Store {
         Ok(Changes { changelog_id: changelog_id.unwrap_or(0), outbox_id: outbox_id.unwrap_or(0) })
     }
 
-    pub(crate) async fn begin(&self, actor: &Actor) -> Result<Tx> {
-        let guard = match &self.write_lock {
+    /// On SQLite, the lock every write holds. SQLite allows one writer, and a transaction that read before it
+    /// writes fails at once ("database is locked") when another connection wrote in between, so even
+    /// single-statement writes outside a [`Tx`] take this lock. `None` on PostgreSQL.
+    pub(crate) async fn write_guard(&self) -> Option<OwnedMutexGuard<()>> {
+        match &self.write_lock {
             Some(lock) => Some(lock.clone().lock_owned().await),
             None => None,
-        };
+        }
+    }
+
+    pub(crate) async fn begin(&self, actor: &Actor) -> Result<Tx> {
+        let guard = self.write_guard().await;
         let tx = self.pool.begin().await?;
         Ok(Tx {
             tx,

@@ -9,7 +9,9 @@ mod access;
 mod db;
 mod environments;
 mod error;
+mod event_queue;
 mod flags;
+mod insights;
 mod model;
 mod projects;
 mod resources;
@@ -23,6 +25,12 @@ pub use access::{ApiToken, Member, NewToken, Role};
 pub use db::{Backend, Changes, Store};
 pub use environments::EnvCredential;
 pub use error::{Result, StoreError};
+pub use event_queue::{NewQueueRow, QueueRow};
+pub use insights::{
+    BatchInsights, ContextPage, ContextQuery, ContextUpsert, CustomEventRecord, DAY_MS, FlagVariationTotal,
+    Granularity, HOUR_MS, IndexedContext, InsightsWritten, MINUTE_MS, MaintenanceReport, NO_VARIATION, Retention,
+    SeriesPoint, StoredCustomEvent, batch_marker, search_words,
+};
 pub use model::{
     Actor, ChangelogEntry, ContextKind, Environment, FlagDefaults, FlagDoc, FlagEnvConfig, Meta, Project, Record,
     SegmentDoc, Variation, Webhook, WebhookFilter,
