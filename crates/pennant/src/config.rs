@@ -36,8 +36,9 @@ pub struct ServeArgs {
     /// Log filter, e.g. `info` or `pennant=debug,info`.
     #[arg(long, env = "PENNANT_LOG")]
     pub log: Option<String>,
-    /// What this process serves: `all` (default), `api` (management API and webhooks), or `stream` (SDK
-    /// streaming and polling endpoints). Several `stream` processes can share a port with `--reuse-port`.
+    /// What this process serves: `all` (default), `api` (management API and webhooks), `stream` (SDK
+    /// streaming and polling endpoints) or `events` (the analytics front door and its processors). Several
+    /// `stream` or `events` processes can share a port with `--reuse-port`.
     #[arg(long, env = "PENNANT_ROLE")]
     pub role: Option<String>,
     /// Let several processes listen on the same address (SO_REUSEPORT); the kernel spreads connections.
@@ -58,6 +59,15 @@ pub struct ServeArgs {
     /// Seconds between heartbeat comments on idle streams.
     #[arg(long, env = "PENNANT_STREAM_HEARTBEAT_SECONDS")]
     pub stream_heartbeat_seconds: Option<u64>,
+    /// Largest analytics request body SDKs may post, compressed or not, in bytes.
+    #[arg(long, env = "PENNANT_EVENTS_MAX_BODY_BYTES")]
+    pub events_max_body_bytes: Option<usize>,
+    /// Most analytics batches waiting in the embedded queue; beyond it SDKs are told to retry later (503).
+    #[arg(long, env = "PENNANT_EVENTS_QUEUE_MAX_BATCHES")]
+    pub events_queue_max_batches: Option<u64>,
+    /// Most bytes of analytics batches waiting in the queue (embedded queue and JetStream stream).
+    #[arg(long, env = "PENNANT_EVENTS_QUEUE_MAX_BYTES")]
+    pub events_queue_max_bytes: Option<u64>,
 }
 
 /// What a `pennant serve` process runs.
@@ -69,6 +79,8 @@ pub enum Role {
     Api,
     /// The SDK streaming and polling endpoints, health and metrics.
     Stream,
+    /// The analytics front door (`/bulk`, `/mobile`, …), the event processors, health and metrics.
+    Events,
 }
 
 impl Role {
@@ -80,6 +92,11 @@ impl Role {
     /// Serves the SDK endpoints.
     pub fn stream(self) -> bool {
         matches!(self, Role::All | Role::Stream)
+    }
+
+    /// Accepts and processes analytics events.
+    pub fn events(self) -> bool {
+        matches!(self, Role::All | Role::Events)
     }
 }
 
@@ -102,6 +119,9 @@ struct FileConfig {
     namespace: Option<String>,
     stream_max_connection_seconds: Option<u64>,
     stream_heartbeat_seconds: Option<u64>,
+    events_max_body_bytes: Option<usize>,
+    events_queue_max_batches: Option<u64>,
+    events_queue_max_bytes: Option<u64>,
 }
 
 /// Validated settings.
@@ -137,6 +157,12 @@ pub struct ServeConfig {
     pub stream_max_connection_seconds: Option<u64>,
     /// Heartbeat interval.
     pub stream_heartbeat_seconds: u64,
+    /// Analytics body limit.
+    pub events_max_body_bytes: usize,
+    /// Embedded queue bound, in batches.
+    pub events_queue_max_batches: u64,
+    /// Queue bound, in bytes.
+    pub events_queue_max_bytes: u64,
 }
 
 /// A configuration that cannot be used, with what to change.
@@ -248,11 +274,12 @@ impl ServeArgs {
             None | Some("all") => Role::All,
             Some("api") => Role::Api,
             Some("stream") => Role::Stream,
+            Some("events") => Role::Events,
             Some(other) => {
                 return Err(ConfigError::Invalid {
                     setting: "--role",
                     value: other.to_owned(),
-                    reason: "expected all, api or stream",
+                    reason: "expected all, api, stream or events",
                 });
             }
         };
@@ -304,8 +331,36 @@ impl ServeArgs {
                 reason: "must be between 1 and 170 (SDKs drop streams silent for 3 minutes or more)",
             });
         }
+        let events_max_body_bytes = self.events_max_body_bytes.or(file.events_max_body_bytes).unwrap_or(8 << 20);
+        if !(1024..=64 << 20).contains(&events_max_body_bytes) {
+            return Err(ConfigError::Invalid {
+                setting: "--events-max-body-bytes",
+                value: events_max_body_bytes.to_string(),
+                reason: "must be between 1024 and 67108864",
+            });
+        }
+        let events_queue_max_batches =
+            self.events_queue_max_batches.or(file.events_queue_max_batches).unwrap_or(100_000);
+        if events_queue_max_batches == 0 {
+            return Err(ConfigError::Invalid {
+                setting: "--events-queue-max-batches",
+                value: "0".into(),
+                reason: "must be at least 1",
+            });
+        }
+        let events_queue_max_bytes = self.events_queue_max_bytes.or(file.events_queue_max_bytes).unwrap_or(1 << 30);
+        if events_queue_max_bytes < events_max_body_bytes as u64 {
+            return Err(ConfigError::Invalid {
+                setting: "--events-queue-max-bytes",
+                value: events_queue_max_bytes.to_string(),
+                reason: "must be at least --events-max-body-bytes, so that one largest batch fits",
+            });
+        }
         Ok(ServeConfig {
             role,
+            events_max_body_bytes,
+            events_queue_max_batches,
+            events_queue_max_bytes,
             reuse_port,
             nats_url,
             redis_url,
@@ -348,6 +403,10 @@ mod tests {
         assert_eq!((c.max_body_bytes, c.rate_limit_per_second, c.rate_limit_burst), (1 << 20, 100, 200));
         assert_eq!((c.role, c.reuse_port, c.nats_url, c.redis_url), (Role::All, false, None, None));
         assert_eq!((c.stream_max_connection_seconds, c.stream_heartbeat_seconds), (Some(3600), 60));
+        assert_eq!(
+            (c.events_max_body_bytes, c.events_queue_max_batches, c.events_queue_max_bytes),
+            (8 << 20, 100_000, 1 << 30)
+        );
     }
 
     #[test]
@@ -390,6 +449,10 @@ mod tests {
             (ServeArgs { stream_max_connection_seconds: Some(3), ..args() }, "--stream-max-connection-seconds"),
             (ServeArgs { stream_heartbeat_seconds: Some(0), ..args() }, "--stream-heartbeat-seconds"),
             (ServeArgs { stream_heartbeat_seconds: Some(180), ..args() }, "--stream-heartbeat-seconds"),
+            (ServeArgs { events_max_body_bytes: Some(100), ..args() }, "--events-max-body-bytes"),
+            (ServeArgs { events_max_body_bytes: Some(128 << 20), ..args() }, "--events-max-body-bytes"),
+            (ServeArgs { events_queue_max_batches: Some(0), ..args() }, "--events-queue-max-batches"),
+            (ServeArgs { events_queue_max_bytes: Some(4096), ..args() }, "--events-queue-max-bytes"),
         ];
         for (a, setting) in cases {
             let err = a.resolve().unwrap_err();

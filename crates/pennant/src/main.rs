@@ -19,8 +19,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run Pennant: the management API (and, as they land, streaming and events) in one process.
-    Serve(config::ServeArgs),
+    /// Run Pennant: the management API, SDK streaming and polling, and analytics events (all, or one role).
+    Serve(Box<config::ServeArgs>),
     /// Run LaunchDarkly-format evaluation test data through the evaluation engine.
     Conformance(conformance_cmd::Args),
     /// Export a project (environments without credentials, context kinds, flags, segments) as JSON.

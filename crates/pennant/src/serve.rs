@@ -81,6 +81,16 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     if config.role.stream() {
         app = app.merge(pennant_stream::router(stream_state.clone()));
     }
+    let events_queue = if config.role.events() { Some(open_event_queue(&store, &config).await?) } else { None };
+    if let Some((queue, _)) = &events_queue {
+        let events_config =
+            pennant_events::EventsConfig { max_body_bytes: config.events_max_body_bytes, ..Default::default() };
+        app = app.merge(pennant_events::router(pennant_events::EventsState::new(
+            store.clone(),
+            queue.clone(),
+            events_config,
+        )));
+    }
     let app = app
         .merge(
             Router::new()
@@ -128,6 +138,23 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         ));
     }
 
+    if let Some((queue, marker_namespace)) = events_queue {
+        // Processors may run in every events process: the queue hands each batch to one of them, and the
+        // idempotence markers make a redelivered batch count once.
+        tasks.push(pennant_insights::spawn_processor(
+            store.clone(),
+            pennant_insights::EventQueue::new(queue, &marker_namespace),
+            pennant_insights::ProcessorOptions::default(),
+            stopping.subscribe(),
+        ));
+        tasks.push(pennant_insights::spawn_maintenance(
+            store.clone(),
+            pennant_store::Retention::default(),
+            Duration::from_secs(3600),
+            stopping.subscribe(),
+        ));
+    }
+
     let listener = bind(config.listen, config.reuse_port).with_context(|| format!("listening on {}", config.listen))?;
     let addr = listener.local_addr()?;
     print_banner(&store, &config, addr, bootstrap.as_ref()).await?;
@@ -160,6 +187,36 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The analytics queue: a JetStream stream when NATS is configured (shared by every events process), else the
+/// embedded queue in the database. Also returns the name the processors tag their idempotence markers with.
+async fn open_event_queue(store: &Store, config: &ServeConfig) -> anyhow::Result<(pennant_events::Queue, String)> {
+    match &config.nats_url {
+        Some(url) => {
+            let mut js = pennant_events::JetStreamConfig::new(url.clone());
+            js.stream = format!("{}_EVENTS", config.namespace.to_ascii_uppercase());
+            js.subject = format!("{}.events", config.namespace);
+            js.consumer = format!("{}-processors", config.namespace);
+            js.max_bytes = i64::try_from(config.events_queue_max_bytes).unwrap_or(i64::MAX);
+            let marker = format!("js:{}", js.stream);
+            let queue = pennant_events::JetStreamQueue::connect(js)
+                .await
+                .with_context(|| format!("opening the event stream on {url} (JetStream)"))?;
+            Ok((pennant_events::Queue::JetStream(queue), marker))
+        }
+        None => {
+            let embedded = pennant_events::EmbeddedConfig {
+                max_batches: config.events_queue_max_batches,
+                max_bytes: config.events_queue_max_bytes,
+                ..Default::default()
+            };
+            let queue = pennant_events::EmbeddedQueue::open(store.clone(), embedded)
+                .await
+                .context("opening the event queue")?;
+            Ok((pennant_events::Queue::Embedded(queue), "embedded".to_owned()))
+        }
+    }
 }
 
 /// Binds the listener; with `reuse_port`, several processes can bind the same address and the kernel spreads
@@ -252,15 +309,23 @@ async fn print_banner(
     let url = format!("http://{addr}");
     out.push_str(&format!("Pennant {} is running at {url}\n", env!("CARGO_PKG_VERSION")));
     let role = match config.role {
-        crate::config::Role::All => "all (management API, SDK streaming and polling)",
+        crate::config::Role::All => "all (management API, SDK streaming and polling, analytics events)",
         crate::config::Role::Api => "api (management API, webhooks)",
         crate::config::Role::Stream => "stream (SDK streaming and polling)",
+        crate::config::Role::Events => "events (analytics front door and processors)",
     };
     out.push_str(&format!("  role           {role}{}\n", if config.reuse_port { ", port shared" } else { "" }));
     if let Some(url) = &config.nats_url {
         out.push_str(&format!("  change bus     {url} (subject {}.changes)\n", config.namespace));
     }
     out.push_str(&format!("  database       {}\n", redact_url(&config.database_url)));
+    if config.role.events() {
+        let queue = match &config.nats_url {
+            Some(url) => format!("JetStream stream {}_EVENTS on {url}", config.namespace.to_ascii_uppercase()),
+            None => "embedded (in the database)".to_owned(),
+        };
+        out.push_str(&format!("  event queue    {queue}\n"));
+    }
     out.push_str(&format!("  API            {url}/api/v2 (OpenAPI: {url}/api/v2/openapi.json)\n"));
     out.push_str(&format!("  health         {url}/health   metrics {url}/metrics\n"));
     match boot {
