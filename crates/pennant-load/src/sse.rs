@@ -59,6 +59,9 @@ pub struct SseArgs {
     /// Server-side SDK key of the environment the connections stream.
     #[arg(long, env = "PENNANT_SDK_KEY")]
     sdk_key: String,
+    /// Base URL of the management API when it is served elsewhere (default: `--url`), e.g. a `--role api` process.
+    #[arg(long)]
+    api_url: Option<String>,
     /// API token that may write the flag.
     #[arg(long, env = "PENNANT_API_TOKEN")]
     api_token: String,
@@ -189,6 +192,11 @@ pub fn parse_sources(spec: &str) -> Result<Vec<IpAddr>, Error> {
 }
 
 /// `http://host:port/prefix` → (address, `host:port`, `/prefix` without a trailing slash).
+/// Where API calls go.
+fn api_base(args: &SseArgs) -> &str {
+    args.api_url.as_deref().unwrap_or(&args.url).trim_end_matches('/')
+}
+
 fn parse_url(url: &str) -> Result<(SocketAddr, String, String), Error> {
     let rest = url
         .strip_prefix("http://")
@@ -282,12 +290,12 @@ async fn ready_all(workers: &mut [Worker], within: Duration) -> Result<Vec<Progr
 
 /// Resident memory (bytes) and CPU time (user + system, seconds) of the server processes, summed.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
-struct ServerSample {
-    rss_bytes: u64,
-    cpu_seconds: f64,
+pub(crate) struct ServerSample {
+    pub(crate) rss_bytes: u64,
+    pub(crate) cpu_seconds: f64,
 }
 
-fn sample_server(pids: &[u32]) -> Result<Option<ServerSample>, Error> {
+pub(crate) fn sample_server(pids: &[u32]) -> Result<Option<ServerSample>, Error> {
     if pids.is_empty() {
         return Ok(None);
     }
@@ -362,7 +370,7 @@ struct Report {
 }
 
 /// Nearest-rank percentile of sorted values, in ms.
-fn percentile_ms(sorted_ns: &[u64], p: f64) -> Option<f64> {
+pub(crate) fn percentile_ms(sorted_ns: &[u64], p: f64) -> Option<f64> {
     if sorted_ns.is_empty() {
         return None;
     }
@@ -370,7 +378,7 @@ fn percentile_ms(sorted_ns: &[u64], p: f64) -> Option<f64> {
     Some(sorted_ns[rank.clamp(1, sorted_ns.len()) - 1] as f64 / 1e6)
 }
 
-fn ms(v: Option<f64>) -> String {
+pub(crate) fn ms(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"))
 }
 
@@ -446,11 +454,8 @@ impl Report {
 
 async fn flag_is_on(client: &reqwest::Client, args: &SseArgs) -> Result<bool, Error> {
     let path = format!("/api/v2/flags/{}/{}", args.project, args.flag);
-    let response = client
-        .get(format!("{}{path}", args.url.trim_end_matches('/')))
-        .header("Authorization", &args.api_token)
-        .send()
-        .await?;
+    let response =
+        client.get(format!("{}{path}", api_base(args))).header("Authorization", &args.api_token).send().await?;
     let status = response.status().as_u16();
     let text = response.text().await?;
     if status != 200 {
@@ -470,7 +475,7 @@ async fn set_flag(client: &reqwest::Client, args: &SseArgs, on: bool) -> Result<
         "instructions": [{"kind": if on { "turnFlagOn" } else { "turnFlagOff" }}],
     });
     let response = client
-        .patch(format!("{}{path}", args.url.trim_end_matches('/')))
+        .patch(format!("{}{path}", api_base(args)))
         .header("Authorization", &args.api_token)
         .json(&body)
         .send()

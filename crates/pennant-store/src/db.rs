@@ -71,12 +71,14 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "webhook_deliveries", include_str!("../migrations/sqlite/0002_webhook_deliveries.sql")),
     (3, "event_queue", include_str!("../migrations/sqlite/0003_event_queue.sql")),
     (4, "insights", include_str!("../migrations/sqlite/0004_insights.sql")),
+    (5, "outbox_env_index", include_str!("../migrations/sqlite/0005_outbox_env_index.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
     (2, "webhook_deliveries", include_str!("../migrations/postgres/0002_webhook_deliveries.sql")),
     (3, "event_queue", include_str!("../migrations/postgres/0003_event_queue.sql")),
     (4, "insights", include_str!("../migrations/postgres/0004_insights.sql")),
+    (5, "outbox_env_index", include_str!("../migrations/postgres/0005_outbox_env_index.sql")),
 ];
 
 impl Store {
@@ -209,9 +211,14 @@ impl Tx {
     pub(crate) async fn commit(self) -> Result<()> {
         let last = self.last;
         self.tx.commit().await?;
-        self.changes.send_modify(|c| {
+        // Only a transaction that wrote to the changelog or the outbox wakes the watchers: waking them for every
+        // write would make two of them (the webhook dispatcher saves its cursor in a transaction) wake each
+        // other forever.
+        self.changes.send_if_modified(|c| {
+            let before = *c;
             c.changelog_id = c.changelog_id.max(last.changelog_id);
             c.outbox_id = c.outbox_id.max(last.outbox_id);
+            *c != before
         });
         Ok(())
     }

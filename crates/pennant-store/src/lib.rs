@@ -35,7 +35,7 @@ pub use model::{
     Actor, ChangelogEntry, ContextKind, Environment, FlagDefaults, FlagDoc, FlagEnvConfig, Meta, Project, Record,
     SegmentDoc, Variation, Webhook, WebhookFilter,
 };
-pub use resources::{ChangelogQuery, ExternalChange, ListQuery, OutboxRow, Page, SortOrder};
+pub use resources::{ChangelogQuery, EnvDataVersion, ExternalChange, ListQuery, OutboxRow, Page, SortOrder};
 pub use transfer::{
     EXPORT_FORMAT, EXPORT_VERSION, EnvironmentExport, FlagExport, ImportAction, ImportChange, ImportCounts,
     ImportOptions, ImportReport, ProjectExport,

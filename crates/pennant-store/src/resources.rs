@@ -670,7 +670,41 @@ pub struct OutboxRow {
     pub version: u64,
 }
 
+/// Names one state of an environment's SDK data: equal versions mean equal payloads, so nodes can share a
+/// payload built by any of them (see `pennant-stream`'s payload cache).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EnvDataVersion {
+    /// When the environment was created (a deleted and re-created environment starts a new series).
+    pub env_created_at: i64,
+    /// The environment's newest outbox row (0: none yet). Every write that changes the payload adds one.
+    pub outbox_id: i64,
+}
+
+impl std::fmt::Display for EnvDataVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.env_created_at, self.outbox_id)
+    }
+}
+
 impl Store {
+    /// The current data version of an environment (one indexed lookup). Read it *before* the data: data read
+    /// after it is at least that new, so a payload cached under a version is never older than the version says.
+    pub async fn env_data_version(&self, project: &str, env: &str) -> Result<EnvDataVersion> {
+        let row = sqlx::query(
+            "SELECT r.created_at, CAST(COALESCE((SELECT MAX(o.id) FROM outbox o WHERE o.project_key = $2 AND \
+             o.env_key = $3), 0) AS BIGINT) AS outbox_id FROM resources r WHERE r.kind = $1 AND r.scope = $2 AND \
+             r.key = $3",
+        )
+        .bind(crate::environments::KIND)
+        .bind(project.to_owned())
+        .bind(env.to_owned())
+        .fetch_optional(&self.pool)
+        .await?;
+        let row =
+            row.ok_or_else(|| StoreError::NotFound { kind: crate::environments::KIND, key: path(project, env) })?;
+        Ok(EnvDataVersion { env_created_at: row.try_get(0)?, outbox_id: row.try_get(1)? })
+    }
+
     /// Outbox rows with ID greater than `after`, oldest first, at most `limit`.
     pub async fn outbox_after(&self, after: i64, limit: u32) -> Result<Vec<OutboxRow>> {
         let rows = sqlx::query(

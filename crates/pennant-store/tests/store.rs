@@ -369,3 +369,22 @@ async fn deleting_a_project_removes_everything_in_it() {
         ));
     }
 }
+
+/// Watchers (the outbox relay, the webhook dispatcher) wake only for transactions that wrote to the changelog or
+/// the outbox; a commit that wrote neither (such as a claim that found nothing) must not wake them, or two
+/// watchers whose rounds commit would wake each other forever.
+#[tokio::test]
+async fn only_changelog_and_outbox_writes_wake_watchers() {
+    for db in TestDb::both().await.unwrap() {
+        let mut changes = db.store.subscribe();
+        changes.borrow_and_update();
+        db.store.claim_webhook_deliveries(10, std::time::Duration::from_secs(30)).await.unwrap();
+        db.store.enqueue_webhook_deliveries(10, std::time::Duration::from_secs(1)).await.unwrap();
+        assert!(!changes.has_changed().unwrap(), "{}: an empty round woke the watchers", db.backend);
+        db.store
+            .create_project(&actor(), Project { key: "w".into(), name: "W".into(), tags: vec![] }, "")
+            .await
+            .unwrap();
+        assert!(changes.has_changed().unwrap(), "{}: a change must wake them", db.backend);
+    }
+}

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use pennant_patterns::{Codec, LayeredCache, RemoteLayer, shared_error};
 use pennant_store::Store;
 use sha1::{Digest, Sha1};
 use tokio::sync::{OnceCell, broadcast};
@@ -19,6 +20,18 @@ pub struct EnvId {
     pub project: String,
     /// Environment key.
     pub env: String,
+}
+
+/// SDK payloads by environment and data version ([`pennant_store::EnvDataVersion`]): an in-process layer, then a
+/// layer shared by every streaming node (Redis), then the database. A node that starts, or sees a change, finds
+/// the payload another node built already, instead of each node reading every flag of the environment. Hits
+/// and misses per layer are exported as `pennant_cache_*{cache="sdk_payloads"}`.
+pub type PayloadCache = LayeredCache<String, Bytes>;
+
+/// A payload cache over a shared layer (such as [`pennant_patterns::RedisLayer`]).
+pub fn payload_cache(shared: Arc<dyn RemoteLayer>) -> PayloadCache {
+    // Entries are immutable (a new version is a new key); the in-process layer only needs the current versions.
+    PayloadCache::builder("sdk_payloads").l1_capacity(1024).remote(shared, Codec::bytes()).build()
 }
 
 /// An environment's whole SDK data set, encoded once and shared by every request and connection.
@@ -48,6 +61,7 @@ pub struct EnvChannel {
     // Replaced (not cleared) on every change, so a build in progress for the old data cannot be mistaken for
     // the new one; concurrent askers share one build through the OnceCell.
     snapshot: Mutex<Arc<OnceCell<Arc<Snapshot>>>>,
+    payloads: Option<PayloadCache>,
 }
 
 impl EnvChannel {
@@ -106,7 +120,7 @@ impl EnvChannel {
         let snapshot = cell
             .get_or_try_init(|| async {
                 metrics::counter!("pennant_stream_snapshot_builds_total").increment(1);
-                build_snapshot(store, &self.id).await.map(Arc::new)
+                build_snapshot(store, &self.id, self.payloads.as_ref()).await.map(Arc::new)
             })
             .await?;
         Ok(snapshot.clone())
@@ -149,6 +163,7 @@ pub struct Hub {
     // Every SDK request and every (re)connection needs its key resolved; a reconnection storm must not become a
     // storm of database queries. Bounded, so unknown keys cannot grow it without limit.
     credentials: quick_cache::sync::Cache<String, CachedCredential>,
+    payloads: Option<PayloadCache>,
 }
 
 impl Hub {
@@ -160,7 +175,22 @@ impl Hub {
     /// A hub with the given options.
     pub fn with_options(options: HubOptions) -> Hub {
         let options = HubOptions { capacity: options.capacity.max(1), ..options };
-        Hub { channels: Mutex::new(HashMap::new()), options, credentials: quick_cache::sync::Cache::new(100_000) }
+        Hub {
+            channels: Mutex::new(HashMap::new()),
+            options,
+            credentials: quick_cache::sync::Cache::new(100_000),
+            payloads: None,
+        }
+    }
+
+    /// A hub whose snapshots come through a shared payload cache (see [`PayloadCache`]).
+    pub fn with_payload_cache(options: HubOptions, payloads: PayloadCache) -> Hub {
+        Hub { payloads: Some(payloads), ..Hub::with_options(options) }
+    }
+
+    /// The shared payload cache, if any.
+    pub fn payload_cache(&self) -> Option<&PayloadCache> {
+        self.payloads.as_ref()
     }
 
     /// The options.
@@ -199,6 +229,7 @@ impl Hub {
             frames: broadcast::channel(self.options.capacity).0,
             flag_frames: broadcast::channel(self.options.capacity).0,
             snapshot: Mutex::new(Arc::new(OnceCell::new())),
+            payloads: self.payloads.clone(),
         })
     }
 
@@ -213,21 +244,49 @@ impl Hub {
     }
 }
 
-async fn build_snapshot(store: &Store, id: &EnvId) -> Result<Snapshot, StreamError> {
-    let data = store.sdk_payload(&id.project, &id.env).await?;
+async fn build_snapshot(store: &Store, id: &EnvId, payloads: Option<&PayloadCache>) -> Result<Snapshot, StreamError> {
+    let (data, cached) = match payloads {
+        None => (store.sdk_payload(&id.project, &id.env).await?, None),
+        Some(cache) => {
+            // The version first: data read after it is at least as new (see `Store::env_data_version`).
+            let version = store.env_data_version(&id.project, &id.env).await?;
+            let key = format!("{}/{}@{version}", id.project, id.env);
+            let (store, id) = (store.clone(), id.clone());
+            let payload = cache
+                .get(&key, move || async move {
+                    let data = store.sdk_payload(&id.project, &id.env).await.map_err(shared_error)?;
+                    encode_payload(&data).map(Bytes::from).map_err(shared_error)
+                })
+                .await
+                .map_err(|e| StreamError::Internal(format!("loading the SDK payload: {e}")))?;
+            let data = pennant_eval::MemoryStore::from_payload_json(&payload)
+                .map_err(|e| StreamError::Internal(format!("a cached SDK payload does not decode: {e}")))?;
+            (data, Some(payload))
+        }
+    };
     let flags: BTreeMap<&str, &pennant_eval::Flag> = data.flags().map(|f| (f.key.as_str(), f)).collect();
-    let segments: BTreeMap<&str, &pennant_eval::Segment> = data.segments().map(|s| (s.key.as_str(), s)).collect();
     let flags_json = serde_json::to_vec(&flags)?;
-    let payload = serde_json::to_vec(&serde_json::json!({"flags": flags, "segments": segments}))?;
+    let payload = match cached {
+        Some(payload) => payload,
+        None => Bytes::from(encode_payload(&data)?),
+    };
     let etag = format!("\"{}\"", &hex::encode(Sha1::digest(&payload))[..20]);
     Ok(Snapshot {
         put_frame: put_frame(&payload),
         flags_put_frame: put_frame(&flags_json),
-        payload: Bytes::from(payload),
+        payload,
         flags: Bytes::from(flags_json),
         etag,
         data,
     })
+}
+
+/// `{"flags": {...}, "segments": {...}}`, keys in order, so every node encodes the same data to the same bytes
+/// (and the same ETag).
+fn encode_payload(data: &pennant_eval::MemoryStore) -> Result<Vec<u8>, serde_json::Error> {
+    let flags: BTreeMap<&str, &pennant_eval::Flag> = data.flags().map(|f| (f.key.as_str(), f)).collect();
+    let segments: BTreeMap<&str, &pennant_eval::Segment> = data.segments().map(|s| (s.key.as_str(), s)).collect();
+    serde_json::to_vec(&serde_json::json!({"flags": flags, "segments": segments}))
 }
 
 /// `event: put` with `{"path": "/", "data": DATA}`.

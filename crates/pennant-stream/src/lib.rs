@@ -26,7 +26,7 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 
 pub use bus::NatsBus;
-pub use hub::{EnvChannel, EnvId, Hub, HubOptions, Snapshot};
+pub use hub::{EnvChannel, EnvId, Hub, HubOptions, PayloadCache, Snapshot, payload_cache};
 pub use listener::serve;
 pub use relay::{RelayOptions, spawn_outbox_relay, spawn_outbox_relay_with};
 

@@ -24,6 +24,8 @@ use crate::config::{ServeArgs, ServeConfig};
 /// The project, environments and credentials created on first start.
 const DEFAULT_PROJECT: &str = "default";
 const BOOTSTRAP_FILE: &str = "first-start.json";
+/// How long a shared SDK payload stays in Redis (a new version is a new key; old ones just expire).
+const PAYLOAD_CACHE_TTL: Duration = Duration::from_secs(3600);
 
 /// Runs the server until SIGINT or SIGTERM.
 pub fn run(args: &ServeArgs) -> anyhow::Result<ExitCode> {
@@ -65,10 +67,24 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         requests_per_second: config.rate_limit_per_second.try_into().context("rate limit")?,
         burst: config.rate_limit_burst.try_into().context("rate limit burst")?,
     };
-    let hub = std::sync::Arc::new(pennant_stream::Hub::with_options(pennant_stream::HubOptions {
+    let hub_options = pennant_stream::HubOptions {
         max_connection_lifetime: config.stream_max_connection_seconds.map(Duration::from_secs),
         ..pennant_stream::HubOptions::default()
-    }));
+    };
+    let hub = std::sync::Arc::new(match &config.redis_url {
+        // Streaming nodes share the SDK payloads they build (the database reads each environment's data once).
+        Some(url) if config.role.stream() => {
+            let prefix = format!("{}:sdk-payload:", config.namespace);
+            let layer = pennant_patterns::RedisLayer::connect(url, prefix, Some(PAYLOAD_CACHE_TTL))
+                .await
+                .with_context(|| format!("connecting to Redis at {}", redact_url(url)))?;
+            pennant_stream::Hub::with_payload_cache(
+                hub_options,
+                pennant_stream::payload_cache(std::sync::Arc::new(layer)),
+            )
+        }
+        _ => pennant_stream::Hub::with_options(hub_options),
+    });
     // Becomes true on SIGINT/SIGTERM: streams end (SDKs reconnect elsewhere), the relay and webhooks stop.
     let (stopping, _) = tokio::sync::watch::channel(false);
     let stream_state =
@@ -315,6 +331,9 @@ async fn print_banner(
         crate::config::Role::Events => "events (analytics front door and processors)",
     };
     out.push_str(&format!("  role           {role}{}\n", if config.reuse_port { ", port shared" } else { "" }));
+    if let Some(url) = config.redis_url.as_ref().filter(|_| config.role.stream()) {
+        out.push_str(&format!("  payload cache  {} (keys {}:sdk-payload:*)\n", redact_url(url), config.namespace));
+    }
     if let Some(url) = &config.nats_url {
         out.push_str(&format!("  change bus     {url} (subject {}.changes)\n", config.namespace));
     }
