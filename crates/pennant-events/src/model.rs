@@ -565,12 +565,39 @@ impl<'a> Flat<'a> {
         if let Some(keys) = &self.context_keys {
             return Some(keys.0.clone());
         }
+        if let Some(context) = self.context {
+            // Current SDKs (Python 9.x, for one) send custom events with the whole context instead of keys.
+            return context_keys_of(context);
+        }
         if let Some(key) = &self.user_key {
             return Some(vec![(Cow::Borrowed("user"), key.0.clone())]);
         }
         let user = self.user?;
         let key = serde_json::from_str::<UserKeyOnly<'a>>(user.get()).ok()?.key?.0;
         Some(vec![(Cow::Borrowed("user"), key)])
+    }
+}
+
+/// Kind → key of every context in an event's context (single-kind, multi-kind, or an old user without `kind`).
+fn context_keys_of<'a>(context: &RawValue) -> Option<Vec<(Cow<'a, str>, Cow<'a, str>)>> {
+    let serde_json::Value::Object(fields) = serde_json::from_str::<serde_json::Value>(context.get()).ok()? else {
+        return None;
+    };
+    let key_of =
+        |v: &serde_json::Value| v.get("key").and_then(serde_json::Value::as_str).map(|k| Cow::Owned(k.to_owned()));
+    match fields.get("kind").and_then(serde_json::Value::as_str) {
+        Some("multi") => {
+            let keys: Vec<_> = fields
+                .iter()
+                .filter(|(kind, _)| kind.as_str() != "kind")
+                .filter_map(|(kind, part)| Some((Cow::Owned(kind.clone()), key_of(part)?)))
+                .collect();
+            (!keys.is_empty()).then_some(keys)
+        }
+        kind => {
+            let key = fields.get("key")?.as_str()?;
+            Some(vec![(Cow::Owned(kind.unwrap_or("user").to_owned()), Cow::Owned(key.to_owned()))])
+        }
     }
 }
 
@@ -675,6 +702,28 @@ mod tests {
 
     fn ctx_json(c: &RawValue) -> serde_json::Value {
         serde_json::from_str(c.get()).unwrap()
+    }
+
+    #[test]
+    fn custom_events_with_a_whole_context_get_its_keys() {
+        // As LaunchDarkly's Python SDK 9.x sends them.
+        let json = r#"[{"kind":"custom","creationDate":1,"key":"purchase","context":{"key":"s0","kind":"user","name":"S"},
+            "data":{"cart":3},"metricValue":42.5}]"#;
+        let Event::Custom(e) = one(json) else { panic!("not a custom event") };
+        assert_eq!(e.context_keys, vec![(Cow::Borrowed("user"), Cow::Borrowed("s0"))]);
+        assert_eq!(e.metric_value, Some(42.5));
+        let multi = r#"[{"kind":"custom","creationDate":1,"key":"k","context":{"kind":"multi","user":{"key":"u"},
+            "org":{"key":"o","name":"O"}}}]"#;
+        let Event::Custom(e) = one(multi) else { panic!("not a custom event") };
+        let mut keys: Vec<(String, String)> =
+            e.context_keys.into_iter().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        keys.sort();
+        assert_eq!(keys, vec![("org".into(), "o".into()), ("user".into(), "u".into())]);
+        let legacy = r#"[{"kind":"custom","creationDate":1,"key":"k","context":{"key":"old"}}]"#;
+        let Event::Custom(e) = one(legacy) else { panic!("not a custom event") };
+        assert_eq!(e.context_keys, vec![(Cow::Borrowed("user"), Cow::Borrowed("old"))]);
+        let keyless = r#"[{"kind":"custom","creationDate":1,"key":"k","context":{"kind":"user"}}]"#;
+        assert_eq!(parse_batch(keyless.as_bytes()).unwrap().skipped, 1, "a context without a key is skipped");
     }
 
     #[test]

@@ -562,6 +562,9 @@ struct Connection {
     shutdown: tokio::sync::watch::Receiver<bool>,
     watching_shutdown: bool,
     mode: Mode,
+    /// The stream ends here (the hub's maximum connection lifetime, with jitter), so that SDKs reconnect and
+    /// spread over nodes, as server-side streams do.
+    deadline: Option<tokio::time::Instant>,
 }
 
 impl Connection {
@@ -582,6 +585,10 @@ impl Connection {
                         self.watching_shutdown = false;
                     }
                     continue;
+                }
+                () = expire(self.deadline) => {
+                    metrics::counter!("pennant_stream_lifetime_closed_total").increment(1);
+                    return None;
                 }
             };
             let mut heartbeat = first.as_ref() == HEARTBEAT;
@@ -664,6 +671,13 @@ fn diff(snapshot: &Snapshot, sent: &mut BTreeMap<String, (Option<Value>, u64)>, 
     out
 }
 
+async fn expire(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn into_body(first: Bytes, connection: Connection) -> Body {
     let rest = futures_util::stream::unfold(connection, |mut c| async move {
         let chunk = c.next_chunk().await?;
@@ -691,6 +705,7 @@ async fn evalx_stream(
     let connection = Connection {
         channel: resolved.channel.clone(),
         shutdown: state.shutdown.clone(),
+        deadline: crate::stream_deadline(&state.hub),
         state,
         updates,
         watching_shutdown: true,
@@ -706,6 +721,7 @@ fn ping_stream(state: StreamState, env: EnvId) -> Response {
     let connection = Connection {
         channel,
         shutdown: state.shutdown.clone(),
+        deadline: crate::stream_deadline(&state.hub),
         state,
         updates,
         watching_shutdown: true,

@@ -12,7 +12,7 @@ use hmac::{KeyInit, Mac};
 use http_body_util::BodyExt;
 use pennant_store::testing::TestDb;
 use pennant_store::{Actor, Environment, FlagDoc, Project, Store};
-use pennant_stream::{Hub, RelayOptions, StreamState, router, spawn_outbox_relay};
+use pennant_stream::{Hub, HubOptions, RelayOptions, StreamState, router, spawn_outbox_relay};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -626,4 +626,19 @@ async fn a_slow_client_stream_is_closed_without_slowing_the_others() {
     channel.publish(bytes::Bytes::from_static(b":\n\n"));
     let chunk = tokio::time::timeout(Duration::from_secs(5), fast.frame()).await.unwrap().unwrap().unwrap();
     assert_eq!(chunk.into_data().unwrap().as_ref(), b":\n\n");
+}
+
+#[tokio::test]
+async fn client_streams_end_at_the_maximum_connection_lifetime() {
+    let db = TestDb::sqlite().await.unwrap();
+    let env = setup(&db.store).await;
+    let options = HubOptions { max_connection_lifetime: Some(Duration::from_millis(200)), ..HubOptions::default() };
+    let app = router(state(&db.store, Arc::new(Hub::with_options(options)), tokio::sync::watch::channel(false).1));
+    let bob = json!({"key": "bob"});
+    for path in [format!("/eval/{}/{}", env.client_side_id, b64(&bob)), format!("/ping/{}", env.client_side_id)] {
+        let (mut body, mut buffer) = open(&app, Request::get(&path).body(Body::empty()).unwrap()).await;
+        let (event, _) = next_frame(&mut body, &mut buffer).await;
+        assert!(event == "put" || event == "ping", "{path}: {event}");
+        ends(&mut body).await;
+    }
 }

@@ -1,6 +1,7 @@
 //! LaunchDarkly's own Python server SDK (PyPI `launchdarkly-server-sdk`), unmodified, pointed at a running
 //! `pennant serve`: it initialises over the stream, evaluates flags with rules, segments and rollouts to the same
-//! values as Pennant's engine, sees a flag change made through the REST API, and also works in polling mode.
+//! values as Pennant's engine, sees a flag change made through the REST API, and also works in polling mode. Its
+//! analytics events (summaries, context index, custom events) reach Pennant's insights API.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -39,8 +40,8 @@ import ldclient
 from ldclient import Context
 from ldclient.config import Config
 
-url, sdk_key, mode = sys.argv[1], sys.argv[2], sys.argv[3]
-config = Config(sdk_key, base_uri=url, stream_uri=url, events_uri=url, stream=(mode == "stream"), send_events=False)
+url, sdk_key, mode, events = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "events"
+config = Config(sdk_key, base_uri=url, stream_uri=url, events_uri=url, stream=(mode == "stream"), send_events=events)
 client = ldclient.LDClient(config=config, start_wait=10)
 print(json.dumps({"initialized": client.is_initialized()}), flush=True)
 
@@ -62,6 +63,12 @@ for line in sys.stdin:
                 break
             time.sleep(0.005)
         print(json.dumps({"seconds": time.time() - start, "value": client.variation(cmd["flag"], ctx(cmd["context"]), None)}), flush=True)
+    elif cmd["op"] == "track":
+        client.track(cmd["event"], ctx(cmd["context"]), data=cmd.get("data"), metric_value=cmd.get("metric"))
+        print(json.dumps({"tracked": True}), flush=True)
+    elif cmd["op"] == "flush":
+        client.flush()
+        print(json.dumps({"flushed": True}), flush=True)
     elif cmd["op"] == "quit":
         break
 client.close()
@@ -75,8 +82,12 @@ struct Sdk {
 
 impl Sdk {
     fn start(url: &str, sdk_key: &str, mode: &str) -> Sdk {
+        Sdk::start_with(url, sdk_key, mode, "noevents")
+    }
+
+    fn start_with(url: &str, sdk_key: &str, mode: &str, events: &str) -> Sdk {
         let mut child = Command::new(python())
-            .args(["-c", SCRIPT, url, sdk_key, mode])
+            .args(["-c", SCRIPT, url, sdk_key, mode, events])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -207,5 +218,70 @@ fn launchdarkly_python_sdk_streams_and_polls_from_pennant() {
             assert_eq!(waited["value"], json!("green"));
         }
     }
+    assert!(server.stop().success());
+}
+
+#[test]
+fn launchdarkly_python_sdk_events_reach_insights() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&["--data-dir", dir.path().to_str().unwrap()]);
+    let url = server.url.clone();
+    let token = server.field("admin token");
+    let sdk_key = server.keys("production")[0].clone();
+    let (s, b) = request(
+        &url,
+        "POST",
+        "/api/v2/flags/default",
+        &token,
+        &[],
+        Some(&json!({"key": "checkout", "name": "Checkout", "variations": [{"value": true}, {"value": false}]})),
+    );
+    assert_eq!(s, 201, "{b}");
+
+    let mut sdk = Sdk::start_with(&url, &sdk_key, "stream", "events");
+    let contexts: Vec<Value> = (0..12)
+        .map(|i| json!({"kind": "user", "key": format!("shopper-{i}"), "name": format!("Shopper {i}")}))
+        .collect();
+    let got = sdk.ask(json!({"op": "eval", "flag": "checkout", "contexts": contexts}));
+    assert_eq!(got.as_array().unwrap().len(), 12);
+    let tracked = sdk.ask(json!({"op": "track", "event": "purchase", "context": contexts[0], "data": {"cart": 3},
+        "metric": 42.5}));
+    assert_eq!(tracked["tracked"], true);
+    assert_eq!(sdk.ask(json!({"op": "flush"}))["flushed"], true);
+
+    // The SDK flushes in the background; poll with a deadline until the processors made the counts queryable.
+    let insights = "/api/v2/insights/default/production";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let evaluations = loop {
+        let (s, body) = request(
+            &url,
+            "GET",
+            &format!("{insights}/flags/checkout/evaluations?granularity=minute"),
+            &token,
+            &[],
+            None,
+        );
+        assert_eq!(s, 200, "{body}");
+        if body["total"].as_i64().unwrap_or(0) >= 12 || Instant::now() > deadline {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(evaluations["total"], 12, "every evaluation counted once: {evaluations}");
+    let (_, contexts_found) = request(&url, "GET", &format!("{insights}/contexts?q=shopper-3"), &token, &[], None);
+    let items = contexts_found["items"].as_array().unwrap();
+    assert!(items.iter().any(|c| c["key"] == "shopper-3" && c["kind"] == "user"), "{contexts_found}");
+    let (s, status) = request(&url, "GET", &format!("{insights}/flag-statuses/checkout"), &token, &[], None);
+    assert_eq!((s, status["evaluations"].as_i64()), (200, Some(12)), "{status}");
+    let (s, exported) = common::http(&url, "GET", &format!("{insights}/custom-events"), Some(&token));
+    assert_eq!(s, 200);
+    // NDJSON, streamed in chunks (the raw body still has the chunk-size lines, which are not events).
+    let purchase: Vec<Value> = exported
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["key"] == "purchase")
+        .collect();
+    assert_eq!(purchase.len(), 1, "{exported}");
+    drop(sdk);
     assert!(server.stop().success());
 }
