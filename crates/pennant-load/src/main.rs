@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod events;
 mod sse;
 
 #[derive(Debug, Parser)]
@@ -22,6 +23,8 @@ enum Command {
     /// Internal: one worker process of `sse` (driven by the coordinator over stdin/stdout).
     #[command(hide = true)]
     SseWorker,
+    /// Event ingestion: realistic SDK flushes to /bulk, accepted events/s, ack latency, lag until counts are queryable.
+    Events(Box<events::EventsArgs>),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
     let result: Result<(), String> = match cli.command {
         Command::Sse(args) => sse::run(*args).map_err(|e| e.to_string()),
         Command::SseWorker => sse::worker::run().map_err(|e| e.to_string()),
+        Command::Events(args) => events::run(*args).map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use crate::db::Store;
+use crate::db::{Backend, Store};
 use crate::error::Result;
 use crate::model::Actor;
 
@@ -106,7 +106,11 @@ impl Store {
         let mut tx = self.begin(&Actor::system("event-queue")).await?;
         let mut deleted = 0;
         for chunk in ids.chunks(DELETE_CHUNK) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            // Anonymous parameters on SQLite: sqlx looks numbered ones up by name, a linear scan each.
+            let placeholders: Vec<String> = match self.backend() {
+                Backend::Sqlite => vec!["?".to_owned(); chunk.len()],
+                Backend::Postgres => (1..=chunk.len()).map(|i| format!("${i}")).collect(),
+            };
             let sql = format!("DELETE FROM event_queue WHERE id IN ({})", placeholders.join(", "));
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for id in chunk {
