@@ -78,6 +78,16 @@ impl Server {
     }
 }
 
+/// A test that fails before `stop` must not leave its server running (and spinning CPU) after the test process.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// A minimal HTTP/1.1 request without a body (status, body).
 pub fn http(url: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let host = url.trim_start_matches("http://");
