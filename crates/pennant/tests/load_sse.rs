@@ -9,48 +9,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::SystemTime;
 
-use common::{Server, request};
+use common::{Server, load_tool, request};
 use serde_json::{Value, json};
-
-fn newest_source(dir: &Path) -> SystemTime {
-    let mut newest = SystemTime::UNIX_EPOCH;
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        let modified = if entry.file_type().unwrap().is_dir() {
-            newest_source(&entry.path())
-        } else {
-            entry.metadata().unwrap().modified().unwrap()
-        };
-        newest = newest.max(modified);
-    }
-    newest
-}
-
-fn load_tool() -> PathBuf {
-    let server = Path::new(env!("CARGO_BIN_EXE_pennant"));
-    let tool = server.with_file_name("pennant-load");
-    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../pennant-load");
-    let fresh = std::fs::metadata(&tool).and_then(|m| m.modified()).is_ok_and(|built| {
-        built >= newest_source(&crate_dir.join("src"))
-            && built >= std::fs::metadata(crate_dir.join("Cargo.toml")).unwrap().modified().unwrap()
-    });
-    if !fresh {
-        let profile_dir = server.parent().unwrap();
-        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cargo.args(["build", "-p", "pennant-load", "--bin", "pennant-load"]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cargo.arg("--release");
-        }
-        let status = cargo.env("CARGO_TARGET_DIR", profile_dir.parent().unwrap()).status().unwrap();
-        assert!(status.success(), "could not build pennant-load");
-    }
-    assert!(tool.exists(), "no {}", tool.display());
-    tool
-}
 
 #[test]
 fn sse_load_tool_delivers_every_change_and_survives_a_storm() {
