@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, request};
+use common::{SdkFixture, Server, request};
 use launchdarkly_sdk_transport::HyperTransport;
 use launchdarkly_server_sdk::{
     Client, ConfigBuilder, Context, FlagValue, NullEventProcessorBuilder, PollingDataSourceBuilder,
@@ -60,61 +60,12 @@ fn wait_for(client: &Client, flag: &str, context: &Context, value: &str, deadlin
 fn launchdarkly_rust_sdk_streams_and_polls_from_pennant() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&["--data-dir", dir.path().to_str().unwrap()]);
-    let url = server.url.clone();
-    let token = server.field("admin token");
-    let sdk_key = server.keys("production")[0].clone();
+    let SdkFixture { url, token, sdk_key, contexts, expected } = SdkFixture::create(&server);
     let api = |method: &str, path: &str, body: Value| {
         let (s, b) = request(&url, method, path, &token, &[], Some(&body));
         assert!((200..300).contains(&s), "{method} {path}: {s} {b}");
         b
     };
-
-    // A segment, and a flag with a segment rule, an attribute rule and a 50/50 fallthrough rollout.
-    api("POST", "/api/v2/segments/default/production", json!({"key": "beta", "name": "Beta", "included": ["u-beta"]}));
-    api(
-        "POST",
-        "/api/v2/flags/default",
-        json!({"key": "banner", "name": "Banner",
-        "variations": [{"value": "red"}, {"value": "green"}, {"value": "blue"}]}),
-    );
-    api(
-        "PATCH",
-        "/api/v2/flags/default/banner",
-        json!({"environmentKey": "production", "instructions": [
-            {"kind": "addRule", "ruleId": "beta", "variation": 0,
-             "clauses": [{"attribute": "", "op": "segmentMatch", "values": ["beta"]}]},
-            {"kind": "addRule", "ruleId": "staff", "variation": 1,
-             "clauses": [{"contextKind": "user", "attribute": "email", "op": "endsWith", "values": ["@shop.example"]}]},
-            {"kind": "updateFallthroughVariationOrRollout", "rollout": {"variations": [
-                {"variation": 1, "weight": 50000}, {"variation": 2, "weight": 50000}]}},
-            {"kind": "turnFlagOn"}
-        ]}),
-    );
-
-    let mut contexts = vec![
-        json!({"kind": "user", "key": "u-beta"}),
-        json!({"kind": "user", "key": "someone", "email": "a@shop.example"}),
-        json!({"kind": "multi", "user": {"key": "u-beta"}, "org": {"key": "acme"}}),
-        json!({"kind": "org", "key": "acme"}),
-    ];
-    contexts.extend((0..20).map(|i| json!({"kind": "user", "key": format!("user-{i}")})));
-
-    // What Pennant's own engine says, on the payload the SDK endpoints serve.
-    let (status, payload) = request(&url, "GET", "/sdk/latest-all", &sdk_key, &[], None);
-    assert_eq!(status, 200);
-    let store = pennant_eval::MemoryStore::from_payload_json(payload.to_string().as_bytes()).unwrap();
-    use pennant_eval::Store as _;
-    let flag = store.flag("banner").unwrap();
-    let expected: Vec<Value> = contexts
-        .iter()
-        .map(|c| {
-            let context = pennant_eval::Context::from_value(c.clone()).unwrap();
-            let d = pennant_eval::evaluate(&store, flag, &context);
-            json!({"value": d.value, "variation": d.variation_index, "reason": d.reason})
-        })
-        .collect();
-    let variations: std::collections::HashSet<String> = expected.iter().map(|e| e["value"].to_string()).collect();
-    assert_eq!(variations.len(), 3, "the contexts exercise every variation: {expected:?}");
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     for mode in ["stream", "poll"] {
