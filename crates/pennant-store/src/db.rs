@@ -163,7 +163,13 @@ impl Store {
 
     pub(crate) async fn begin(&self, actor: &Actor) -> Result<Tx> {
         let guard = self.write_guard().await;
-        let tx = self.pool.begin().await?;
+        // IMMEDIATE takes SQLite's write lock at BEGIN, where the busy timeout applies. A deferred transaction
+        // that reads first and then writes fails at once instead of waiting ("database is locked") while another
+        // connection still holds the lock, for example until a dropped transaction's rollback has run on it.
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
         Ok(Tx {
             tx,
             _guard: guard,

@@ -417,6 +417,7 @@ impl Store {
         let more = rows.len() >= usize::try_from(limit).unwrap_or(usize::MAX);
         let mut result = Enqueued { cursor: start, entries: 0, deliveries: 0, more };
         if rows.is_empty() {
+            tx.commit().await?;
             return Ok(result);
         }
         // Each webhook receives the entries recorded from its creation on (its own creation included).
