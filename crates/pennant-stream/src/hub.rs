@@ -2,7 +2,7 @@
 //! built once per change however many connections ask for it at once.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -11,7 +11,8 @@ use pennant_store::Store;
 use sha1::{Digest, Sha1};
 use tokio::sync::{OnceCell, broadcast};
 
-use crate::StreamError;
+use crate::fanout::Fanout;
+use crate::{StreamError, StreamKind};
 
 /// An environment, by project and environment key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -62,6 +63,10 @@ pub struct EnvChannel {
     // the new one; concurrent askers share one build through the OnceCell.
     snapshot: Mutex<Arc<OnceCell<Arc<Snapshot>>>>,
     payloads: Option<PayloadCache>,
+    // Writers of the lean connections (see `fanout`), started with the first one of each kind.
+    lean_all: OnceLock<Arc<Fanout>>,
+    lean_flags: OnceLock<Arc<Fanout>>,
+    capacity: usize,
 }
 
 impl EnvChannel {
@@ -96,12 +101,29 @@ impl EnvChannel {
 
     /// How many `/all` connections are listening.
     pub fn connections(&self) -> usize {
-        self.frames.receiver_count()
+        Self::listening(&self.frames, &self.lean_all)
     }
 
     /// How many old-style `/flags` connections are listening.
     pub fn flag_connections(&self) -> usize {
-        self.flag_frames.receiver_count()
+        Self::listening(&self.flag_frames, &self.lean_flags)
+    }
+
+    fn listening(frames: &broadcast::Sender<Bytes>, lean: &OnceLock<Arc<Fanout>>) -> usize {
+        match lean.get() {
+            // The lean writer is one receiver standing for all its connections.
+            Some(fanout) => frames.receiver_count().saturating_sub(1) + fanout.connections(),
+            None => frames.receiver_count(),
+        }
+    }
+
+    /// The writer of the lean connections of a stream kind, started on first use.
+    pub(crate) fn lean_fanout(&self, kind: StreamKind) -> Arc<Fanout> {
+        let (cell, frames) = match kind {
+            StreamKind::All => (&self.lean_all, &self.frames),
+            StreamKind::Flags => (&self.lean_flags, &self.flag_frames),
+        };
+        cell.get_or_init(|| Fanout::start(frames.subscribe(), self.capacity)).clone()
     }
 
     /// Drops the current snapshot; the next asker builds a new one.
@@ -230,6 +252,9 @@ impl Hub {
             flag_frames: broadcast::channel(self.options.capacity).0,
             snapshot: Mutex::new(Arc::new(OnceCell::new())),
             payloads: self.payloads.clone(),
+            lean_all: OnceLock::new(),
+            lean_flags: OnceLock::new(),
+            capacity: self.options.capacity,
         })
     }
 

@@ -7,6 +7,7 @@
 
 mod bus;
 mod clientside;
+mod fanout;
 mod hub;
 mod listener;
 mod relay;

@@ -14,10 +14,10 @@ use bytes::Bytes;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::broadcast::error::RecvError;
 
+use crate::fanout::{Closed, Next, Registration, chunk_header};
 use crate::{EnvId, StreamKind, StreamState};
 
 /// Largest request head the lean path looks at; longer ones go to hyper.
@@ -34,22 +34,6 @@ connection: close\r\n\r\n";
 
 /// Ends a chunked body.
 const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
-
-/// Writes one frame as one HTTP chunk. The chunk header is formatted on the stack and the three parts go out in one
-/// vectored write, so the shared frame is never copied per connection.
-async fn write_chunk<W: tokio::io::AsyncWrite + Unpin>(writer: &mut W, frame: &[u8]) -> io::Result<()> {
-    use bytes::Buf;
-    use std::io::Write as _;
-    if frame.is_empty() {
-        return Ok(()); // An empty chunk would end the body.
-    }
-    let mut header = [0u8; 18];
-    let mut cursor = io::Cursor::new(&mut header[..]);
-    write!(cursor, "{:x}\r\n", frame.len())?;
-    let header_len = usize::try_from(cursor.position()).unwrap_or(0);
-    let mut parts = Buf::chain(Buf::chain(&header[..header_len], frame), &b"\r\n"[..]);
-    writer.write_all_buf(&mut parts).await
-}
 
 /// Serves `app` on `listener` until `shutdown` becomes `true`; then stops accepting and waits for requests in
 /// flight (streams end by themselves on the same signal). With `lean` (whose router `app` must include),
@@ -123,11 +107,19 @@ async fn try_lean(socket: TcpStream, state: &StreamState) -> Option<TcpStream> {
         Ok(Some(c)) if c.kind == "sdk" => EnvId { project: c.project_key, env: c.env_key },
         _ => return Some(socket), // axum answers with the right error.
     };
-    let (first, updates) = match crate::open_stream(state, &env, request.kind).await {
-        Ok(opened) => opened,
-        Err(_) => return Some(socket),
+    // Registered before the snapshot is read, so that no change committed in between is missed (SDKs ignore a
+    // patch whose version they already have); what the writer sends meanwhile waits in the connection's queue.
+    let channel = state.hub.channel(&env);
+    let registration = channel.lean_fanout(request.kind).register(socket);
+    let first = match channel.snapshot(&state.store).await {
+        Ok(snapshot) => match request.kind {
+            StreamKind::All => snapshot.put_frame.clone(),
+            StreamKind::Flags => snapshot.flags_put_frame.clone(),
+        },
+        Err(_) => return registration.into_socket(), // axum answers with the error.
     };
-    lean_stream(socket, request.head_len, first, updates, state).await;
+    metrics::counter!("pennant_stream_connections_total").increment(1);
+    lean_stream(registration, request.head_len, first, state).await;
     None
 }
 
@@ -167,24 +159,18 @@ async fn peek_request(socket: &TcpStream) -> io::Result<Option<LeanRequest>> {
     Ok(key.map(|key| LeanRequest { head_len, kind, key }))
 }
 
-/// Writes the response head and the first frame, then every frame of the channel until the stream ends: the
-/// client goes away, falls too far behind, stops reading, the connection reaches its lifetime, or the server
-/// shuts down. The body is chunked (SSE clients such as urllib3 buffer a close-delimited body until a whole read
-/// buffer is full), and the connection closes when the stream ends.
-async fn lean_stream(
-    mut socket: TcpStream,
-    head_len: usize,
-    first: Bytes,
-    mut updates: tokio::sync::broadcast::Receiver<Bytes>,
-    state: &StreamState,
-) {
+/// Writes the response head and the first frame, then whatever the fan-out's writer queued for this connection
+/// (it writes most frames itself), until the stream ends: the client goes away, falls too far behind, stops
+/// reading, the connection reaches its lifetime, or the server shuts down. The body is chunked (SSE clients such
+/// as urllib3 buffer a close-delimited body until a whole read buffer is full), and the connection closes when
+/// the stream ends.
+async fn lean_stream(registration: Registration, head_len: usize, first: Bytes, state: &StreamState) {
     let write_timeout = state.hub.options().write_timeout;
+    let conn = registration.conn.clone();
     // Consume the request head we peeked (it is in the socket's buffer already).
-    let mut head = vec![0u8; head_len];
-    if socket.read_exact(&mut head).await.is_err() {
+    if !consume(&conn.socket, head_len).await {
         return;
     }
-    drop(head);
     metrics::gauge!("pennant_stream_open_connections").increment(1.0);
     let mut shutdown = state.shutdown.clone();
     let deadline = crate::stream_deadline(&state.hub);
@@ -195,45 +181,112 @@ async fn lean_stream(
         }
     };
     tokio::pin!(expiry);
-    let (mut reader, mut writer) = socket.split();
     let started = async {
-        writer.write_all(STREAM_HEAD).await?;
-        write_chunk(&mut writer, &first).await
+        conn.write_all(STREAM_HEAD, write_timeout).await?;
+        let (header, header_len) = chunk_header(first.len());
+        conn.write_all(&header[..header_len], write_timeout).await?;
+        conn.write_all(&first, write_timeout).await?;
+        conn.write_all(b"\r\n", write_timeout).await
     };
-    let mut open = matches!(tokio::time::timeout(write_timeout, started).await, Ok(Ok(())));
+    let mut failed = started.await.is_err();
     drop(first);
     let mut scratch = [0u8; 64];
-    while open {
-        tokio::select! {
-            frame = updates.recv() => match frame {
-                Ok(frame) => {
-                    open = matches!(tokio::time::timeout(write_timeout, write_chunk(&mut writer, &frame)).await, Ok(Ok(())));
-                    if !open {
-                        metrics::counter!("pennant_stream_stalled_closed_total").increment(1);
+    'stream: while !failed {
+        // Catch up with what the writer queued; when nothing is left it writes to this socket directly again.
+        loop {
+            match conn.next() {
+                Next::Write(bytes) => {
+                    let writing = conn.write_all(&bytes, write_timeout);
+                    tokio::pin!(writing);
+                    loop {
+                        tokio::select! {
+                            written = &mut writing => {
+                                if written.is_err() {
+                                    metrics::counter!("pennant_stream_stalled_closed_total").increment(1);
+                                    failed = true;
+                                    break 'stream;
+                                }
+                                break;
+                            }
+                            // The writer queued more, or closed the connection while this write waits.
+                            () = conn.woken() => {
+                                if let Some(why) = conn.closed() {
+                                    count_closed(why);
+                                    failed = true;
+                                    break 'stream;
+                                }
+                            }
+                        }
                     }
                 }
-                Err(RecvError::Lagged(_)) => {
-                    // Too far behind: the SDK reconnects and gets a fresh put.
-                    metrics::counter!("pennant_stream_lagged_closed_total").increment(1);
-                    open = false;
+                Next::Idle => break,
+                Next::Closed(why) => {
+                    count_closed(why);
+                    failed = true;
+                    break 'stream;
                 }
-                Err(RecvError::Closed) => open = false,
-            },
-            read = reader.read(&mut scratch) => {
+            }
+        }
+        tokio::select! {
+            () = conn.woken() => {}
+            ready = conn.socket.readable() => {
                 // The client sends nothing after its request: end of stream or an error means it is gone.
-                open = matches!(read, Ok(n) if n > 0);
+                let gone = match ready {
+                    Ok(()) => match conn.socket.try_read(&mut scratch) {
+                        Ok(n) => n == 0,
+                        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+                    },
+                    Err(_) => true,
+                };
+                if gone {
+                    failed = true;
+                }
             }
             () = &mut expiry => {
                 metrics::counter!("pennant_stream_lifetime_closed_total").increment(1);
-                open = false;
+                break 'stream;
             }
             changed = shutdown.changed() => {
-                open = changed.is_ok() && !*shutdown.borrow();
+                if changed.is_err() || *shutdown.borrow() {
+                    break 'stream;
+                }
             }
         }
     }
-    // A clean end of body for clients still reading; a gone client just fails this write.
-    let _ = tokio::time::timeout(write_timeout, writer.write_all(LAST_CHUNK)).await;
-    let _ = writer.shutdown().await;
+    // No direct writes from here on. A clean end of body for clients still reading, unless a frame went out
+    // half written.
+    let clean = conn.close(Closed::Failed);
+    drop(conn);
+    if let Some(mut socket) = registration.into_socket() {
+        if clean && !failed {
+            let _ = tokio::time::timeout(write_timeout, socket.write_all(LAST_CHUNK)).await;
+        }
+        let _ = socket.shutdown().await;
+    }
     metrics::gauge!("pennant_stream_open_connections").decrement(1.0);
+}
+
+fn count_closed(why: Closed) {
+    if why == Closed::Lagged {
+        // Too far behind: the SDK reconnects and gets a fresh put.
+        metrics::counter!("pennant_stream_lagged_closed_total").increment(1);
+    }
+}
+
+/// Reads and drops the first `len` bytes of the socket.
+async fn consume(socket: &TcpStream, mut len: usize) -> bool {
+    let mut buf = [0u8; 1024];
+    while len > 0 {
+        if socket.readable().await.is_err() {
+            return false;
+        }
+        let want = len.min(buf.len());
+        match socket.try_read(&mut buf[..want]) {
+            Ok(0) => return false,
+            Ok(n) => len -= n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return false,
+        }
+    }
+    true
 }

@@ -5,9 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use pennant_store::testing::TestDb;
 use pennant_store::{Actor, Environment, FlagDoc, Project, Store};
-use pennant_stream::{Hub, HubOptions, NatsBus, RelayOptions, StreamState, router, serve, spawn_outbox_relay_with};
+use pennant_stream::{
+    EnvId, Hub, HubOptions, NatsBus, RelayOptions, StreamState, router, serve, spawn_outbox_relay_with,
+};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -42,6 +45,7 @@ struct Node {
     addr: std::net::SocketAddr,
     stop: watch::Sender<bool>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
+    hub: Arc<Hub>,
 }
 
 /// A streaming node on a free port: listener, router and outbox relay.
@@ -51,11 +55,11 @@ async fn start_node(store: &Store, options: HubOptions, announcements: Option<wa
     let state = StreamState { store: store.clone(), hub: hub.clone(), shutdown: stopped.clone() };
     // A long poll interval: only the local watch or an announcement wakes the relay quickly.
     let relay_options = RelayOptions { poll_interval: Duration::from_secs(600), ..RelayOptions::default() };
-    spawn_outbox_relay_with(store.clone(), hub, stopped.clone(), relay_options, announcements);
+    spawn_outbox_relay_with(store.clone(), hub.clone(), stopped.clone(), relay_options, announcements);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(serve(listener, router(state.clone()), stopped, Some(state)));
-    Node { addr, stop, server }
+    Node { addr, stop, server, hub }
 }
 
 /// How the bytes after a response head are framed.
@@ -224,6 +228,44 @@ async fn other_requests_on_the_same_port_go_to_the_router() {
     client.socket.write_all(get("/all", &key).as_bytes()).await.unwrap();
     assert!(client.head().await.starts_with("http/1.1 200"));
     assert_eq!(client.event().await.unwrap().0, "put", "a stream served by hyper");
+    node.stop.send(true).unwrap();
+    node.server.await.unwrap().unwrap();
+}
+
+/// On the lean path the environment's writer writes frames to every socket itself: a client that stops reading
+/// is closed once its socket buffers and its queue are full, while a client that reads gets every frame in order.
+#[tokio::test]
+async fn a_lean_stream_that_stops_reading_is_closed_without_holding_up_the_others() {
+    let db = TestDb::sqlite().await.unwrap();
+    let key = setup(&db.store).await;
+    let node = start_node(&db.store, HubOptions { capacity: 4, ..HubOptions::default() }, None).await;
+    let mut slow = Client::request(node.addr, &get("/all", &key)).await;
+    slow.head().await;
+    assert_eq!(slow.event().await.unwrap().0, "put");
+    let mut fast = Client::request(node.addr, &get("/all", &key)).await;
+    fast.head().await;
+    assert_eq!(fast.event().await.unwrap().0, "put");
+    let channel = node.hub.existing(&EnvId { project: "p".into(), env: "production".into() }).unwrap();
+    assert_eq!(channel.connections(), 2, "the lean writer counts as the connections it serves");
+    let padding = "x".repeat(256 * 1024);
+    let mut closed = false;
+    for n in 0..200 {
+        channel.publish(Bytes::from(format!("event: patch\ndata: {{\"n\":{n},\"pad\":\"{padding}\"}}\n\n")));
+        let (event, data) = fast.event().await.unwrap();
+        assert_eq!((event.as_str(), &data["n"]), ("patch", &json!(n)), "every frame, in order");
+        if channel.connections() == 1 {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the client that reads nothing was never closed");
+    // What the slow client still finds in its socket is whole frames, then the end of the connection.
+    let mut seen = 0;
+    while let Some((event, _)) = slow.event().await {
+        assert_eq!(event, "patch");
+        seen += 1;
+    }
+    assert!(seen < 200, "it was closed before it could have received everything");
     node.stop.send(true).unwrap();
     node.server.await.unwrap().unwrap();
 }

@@ -1,0 +1,429 @@
+//! Direct fan-out to lean stream connections.
+//!
+//! With one task per connection woken through a broadcast channel, every delivery costs a wake-up, a poll of the
+//! connection's `select!`, a timer registration for the write timeout and a write. Here one writer task per
+//! environment and stream kind takes each frame from the environment's broadcast channel once and writes it to
+//! every registered connection's socket itself with a non-blocking vectored write: a delivery is one syscall, and
+//! the connections' own tasks stay asleep. A write that would block, or writes only part of the frame, switches
+//! that connection to its task, which waits for the socket (with the write timeout) and writes what the writer
+//! queued for it in order; once it has caught up, direct writes resume. A connection whose queue reaches the
+//! channel capacity is closed, as a lagging broadcast receiver would be: its SDK reconnects with a fresh `put`.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::sync::broadcast::{self, error::RecvError};
+
+/// Connections written per turn; the writer yields between turns so that other tasks on its thread run.
+const TURN: usize = 256;
+
+/// The registered connections of one environment's stream kind, and the writer that feeds them.
+#[derive(Debug)]
+pub(crate) struct Fanout {
+    // Slots, reused after a connection leaves, so the writer walks a dense vector.
+    slots: Mutex<Slots>,
+    live: AtomicUsize,
+    capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    conns: Vec<Option<Arc<LeanConn>>>,
+    free: Vec<usize>,
+}
+
+/// One lean connection, shared by its own task and the writer.
+#[derive(Debug)]
+pub(crate) struct LeanConn {
+    /// The client's socket. Both sides only use `&TcpStream` readiness methods; the `out` lock orders writes.
+    pub(crate) socket: TcpStream,
+    out: Mutex<Outgoing>,
+    wake: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Outgoing {
+    // Bytes the connection's task still has to write, in order, before direct writes may resume.
+    pending: VecDeque<Bytes>,
+    // The writer may write to the socket itself: the task has written the head and everything pending.
+    direct: bool,
+    closed: Option<Closed>,
+}
+
+/// Why the writer closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Closed {
+    /// It fell `capacity` frames behind.
+    Lagged,
+    /// A write failed (the client is gone).
+    Failed,
+}
+
+/// What the connection's task must do next.
+pub(crate) enum Next {
+    /// Write these bytes (then ask again).
+    Write(Bytes),
+    /// Nothing pending: direct writes resumed.
+    Idle,
+    /// Stop.
+    Closed(Closed),
+}
+
+/// A registration that removes the connection from its fan-out when dropped.
+pub(crate) struct Registration {
+    fanout: Arc<Fanout>,
+    slot: Option<usize>,
+    pub(crate) conn: Arc<LeanConn>,
+}
+
+impl Registration {
+    /// Leaves the fan-out and gives the socket back (it is the last owner once the writer let go of it).
+    pub(crate) fn into_socket(mut self) -> Option<TcpStream> {
+        if let Some(slot) = self.slot.take() {
+            self.fanout.remove(slot);
+        }
+        let conn = self.conn.clone();
+        drop(self);
+        Arc::into_inner(conn).map(|conn| conn.socket)
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.fanout.remove(slot);
+        }
+    }
+}
+
+impl Fanout {
+    /// A fan-out fed by `frames` (a fresh subscription of the environment's channel); spawns its writer.
+    pub(crate) fn start(frames: broadcast::Receiver<Bytes>, capacity: usize) -> Arc<Fanout> {
+        let fanout = Arc::new(Fanout { slots: Mutex::default(), live: AtomicUsize::new(0), capacity: capacity.max(1) });
+        tokio::spawn(writer(Arc::downgrade(&fanout), frames));
+        fanout
+    }
+
+    /// Registers a connection. Until its task calls [`LeanConn::next`] and gets [`Next::Idle`], frames are queued
+    /// for the task, so the task can write the response head and the `put` first.
+    pub(crate) fn register(self: &Arc<Fanout>, socket: TcpStream) -> Registration {
+        let conn = Arc::new(LeanConn { socket, out: Mutex::default(), wake: Notify::new() });
+        let mut slots = lock(&self.slots);
+        let slot = match slots.free.pop() {
+            Some(slot) => {
+                slots.conns[slot] = Some(conn.clone());
+                slot
+            }
+            None => {
+                slots.conns.push(Some(conn.clone()));
+                slots.conns.len() - 1
+            }
+        };
+        drop(slots);
+        self.live.fetch_add(1, Ordering::Relaxed);
+        Registration { fanout: self.clone(), slot: Some(slot), conn }
+    }
+
+    fn remove(&self, slot: usize) {
+        let mut slots = lock(&self.slots);
+        if let Some(entry) = slots.conns.get_mut(slot)
+            && entry.take().is_some()
+        {
+            slots.free.push(slot);
+            self.live.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Registered connections.
+    pub(crate) fn connections(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Delivers one frame to every registered connection.
+    async fn deliver(&self, frame: &Bytes) {
+        let chunk = Chunk::new(frame);
+        let mut next = 0;
+        loop {
+            {
+                let slots = lock(&self.slots);
+                let end = (next + TURN).min(slots.conns.len());
+                for conn in slots.conns[next..end].iter().flatten() {
+                    conn.offer(&chunk, self.capacity);
+                }
+                if end >= slots.conns.len() {
+                    return;
+                }
+                next = end;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Closes every connection (the writer fell behind its channel).
+    fn close_all(&self, why: Closed) {
+        for conn in lock(&self.slots).conns.iter().flatten() {
+            conn.close(why);
+        }
+    }
+}
+
+async fn writer(fanout: std::sync::Weak<Fanout>, mut frames: broadcast::Receiver<Bytes>) {
+    loop {
+        let received = frames.recv().await;
+        let Some(fanout) = fanout.upgrade() else { return };
+        match received {
+            Ok(frame) => fanout.deliver(&frame).await,
+            Err(RecvError::Lagged(_)) => {
+                metrics::counter!("pennant_stream_fanout_lagged_total").increment(1);
+                fanout.close_all(Closed::Lagged);
+            }
+            Err(RecvError::Closed) => {
+                fanout.close_all(Closed::Failed);
+                return;
+            }
+        }
+    }
+}
+
+/// The size line of an HTTP chunk of `len` bytes, and its length.
+pub(crate) fn chunk_header(len: usize) -> ([u8; 18], usize) {
+    use std::io::Write as _;
+    let mut header = [0u8; 18];
+    let mut cursor = io::Cursor::new(&mut header[..]);
+    // 16 hex digits and CRLF always fit in 18 bytes.
+    let _ = write!(cursor, "{len:x}\r\n");
+    let header_len = usize::try_from(cursor.position()).unwrap_or(0);
+    (header, header_len)
+}
+
+/// A frame as one HTTP chunk: size line, frame, CRLF. The size line lives on the stack; the frame is shared.
+struct Chunk<'a> {
+    header: [u8; 18],
+    header_len: usize,
+    frame: &'a Bytes,
+}
+
+impl<'a> Chunk<'a> {
+    fn new(frame: &'a Bytes) -> Chunk<'a> {
+        let (header, header_len) = chunk_header(frame.len());
+        Chunk { header, header_len, frame }
+    }
+
+    fn len(&self) -> usize {
+        self.header_len + self.frame.len() + 2
+    }
+
+    /// The bytes from `offset` on, as one owned buffer (only for the rare partly written frame).
+    fn rest(&self, offset: usize) -> Bytes {
+        let mut rest = BytesMut::with_capacity(self.len().saturating_sub(offset));
+        let parts: [&[u8]; 3] = [&self.header[..self.header_len], self.frame, b"\r\n"];
+        let mut skip = offset;
+        for part in parts {
+            let from = skip.min(part.len());
+            skip -= from;
+            rest.extend_from_slice(&part[from..]);
+        }
+        rest.freeze()
+    }
+}
+
+impl LeanConn {
+    /// Writes the chunk now if the connection is in direct mode and the socket takes it all; otherwise queues
+    /// (the rest of) it for the connection's task.
+    fn offer(&self, chunk: &Chunk<'_>, capacity: usize) {
+        if chunk.frame.is_empty() {
+            return; // An empty chunk would end the body.
+        }
+        let mut out = lock(&self.out);
+        if out.closed.is_some() {
+            return;
+        }
+        let mut written = 0;
+        if out.direct {
+            let parts =
+                [IoSlice::new(&chunk.header[..chunk.header_len]), IoSlice::new(chunk.frame), IoSlice::new(b"\r\n")];
+            match self.socket.try_write_vectored(&parts) {
+                Ok(n) if n == chunk.len() => return,
+                Ok(n) => written = n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    out.closed = Some(Closed::Failed);
+                    drop(out);
+                    self.wake.notify_one();
+                    return;
+                }
+            }
+            out.direct = false;
+        }
+        if written > 0 {
+            // Part of the chunk went out: the rest must follow before anything else.
+            out.pending.push_back(chunk.rest(written));
+        } else if out.pending.len() >= capacity.saturating_mul(3) {
+            out.closed = Some(Closed::Lagged);
+            out.pending.clear();
+        } else {
+            // A whole chunk as three parts, so the shared frame is not copied.
+            out.pending.push_back(Bytes::copy_from_slice(&chunk.header[..chunk.header_len]));
+            out.pending.push_back(chunk.frame.clone());
+            out.pending.push_back(Bytes::from_static(b"\r\n"));
+        }
+        drop(out);
+        self.wake.notify_one();
+    }
+
+    /// What the connection's task does next; [`Next::Idle`] switches the connection to direct writes.
+    pub(crate) fn next(&self) -> Next {
+        let mut out = lock(&self.out);
+        if let Some(why) = out.closed {
+            return Next::Closed(why);
+        }
+        match out.pending.pop_front() {
+            Some(bytes) => Next::Write(bytes),
+            None => {
+                out.direct = true;
+                Next::Idle
+            }
+        }
+    }
+
+    /// Stops direct writes for good. Returns whether the body ends on a chunk boundary (nothing half written or
+    /// queued), so that the task may still end it cleanly.
+    pub(crate) fn close(&self, why: Closed) -> bool {
+        let mut out = lock(&self.out);
+        let clean = out.closed.is_none() && out.pending.is_empty();
+        out.closed.get_or_insert(why);
+        out.pending.clear();
+        drop(out);
+        self.wake.notify_one();
+        clean
+    }
+
+    /// Why the connection was closed, if it was.
+    pub(crate) fn closed(&self) -> Option<Closed> {
+        lock(&self.out).closed
+    }
+
+    /// Waits until the writer has queued something or closed the connection.
+    pub(crate) async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Writes all of `bytes`, waiting for the socket as needed, within `timeout`.
+    pub(crate) async fn write_all(&self, mut bytes: &[u8], timeout: Duration) -> io::Result<()> {
+        let writing = async {
+            while !bytes.is_empty() {
+                self.socket.writable().await?;
+                match self.socket.try_write(bytes) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => bytes = &bytes[n..],
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout(timeout, writing).await.map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The data behind these locks stays consistent whatever panicked while holding one.
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt as _;
+    use tokio::net::TcpListener;
+
+    async fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (server, client)
+    }
+
+    fn pending(conn: &LeanConn) -> usize {
+        lock(&conn.out).pending.len()
+    }
+
+    async fn read_exactly(client: &mut TcpStream, len: usize) -> Vec<u8> {
+        let mut got = vec![0u8; len];
+        tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut got)).await.unwrap().unwrap();
+        got
+    }
+
+    /// Frames published before the connection's task has caught up wait in its queue, in order; after that the
+    /// writer writes to the socket itself.
+    #[tokio::test]
+    async fn frames_queue_until_the_task_catches_up_then_go_out_directly() {
+        let (frames, receiver) = broadcast::channel(16);
+        let fanout = Fanout::start(receiver, 16);
+        let (server, mut client) = socket_pair().await;
+        let registration = fanout.register(server);
+        let conn = registration.conn.clone();
+        assert_eq!(fanout.connections(), 1);
+        frames.send(Bytes::from_static(b"a\n\n")).unwrap();
+        frames.send(Bytes::from_static(b"bb\n\n")).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while pending(&conn) < 6 {
+            assert!(tokio::time::Instant::now() < deadline, "the writer never queued the frames");
+            tokio::task::yield_now().await;
+        }
+        conn.write_all(b"head|", Duration::from_secs(5)).await.unwrap();
+        while let Next::Write(bytes) = conn.next() {
+            conn.write_all(&bytes, Duration::from_secs(5)).await.unwrap();
+        }
+        assert!(lock(&conn.out).direct, "caught up: direct writes resume");
+        frames.send(Bytes::from_static(b"ccc\n\n")).unwrap();
+        let expected = b"head|3\r\na\n\n\r\n4\r\nbb\n\n\r\n5\r\nccc\n\n\r\n";
+        assert_eq!(read_exactly(&mut client, expected.len()).await, expected);
+        assert_eq!(pending(&conn), 0, "the last frame went out without the task");
+
+        drop(conn);
+        assert!(registration.into_socket().is_some(), "the socket comes back once the connection leaves");
+        assert_eq!(fanout.connections(), 0);
+    }
+
+    /// A connection that stops reading is closed once `capacity` frames wait for it; the others are not held up.
+    #[tokio::test]
+    async fn a_connection_that_stops_reading_is_closed_as_lagged() {
+        let (frames, receiver) = broadcast::channel(4);
+        let fanout = Fanout::start(receiver, 4);
+        let (slow_server, _slow_client) = socket_pair().await;
+        let (fast_server, mut fast_client) = socket_pair().await;
+        let slow = fanout.register(slow_server);
+        let fast = fanout.register(fast_server);
+        assert!(matches!(slow.conn.next(), Next::Idle));
+        assert!(matches!(fast.conn.next(), Next::Idle));
+        let frame = Bytes::from(vec![b'x'; 256 * 1024]);
+        let chunk_len = Chunk::new(&frame).len();
+        for sent in 1..=200 {
+            frames.send(frame.clone()).unwrap();
+            // The fast client keeps up, so its writes rarely block; when they do, its task catches up.
+            loop {
+                match fast.conn.next() {
+                    Next::Write(bytes) => fast.conn.write_all(&bytes, Duration::from_secs(5)).await.unwrap(),
+                    Next::Idle => break,
+                    Next::Closed(why) => panic!("the fast connection was closed: {why:?}"),
+                }
+            }
+            let got = read_exactly(&mut fast_client, chunk_len).await;
+            assert!(got.starts_with(b"40000\r\nxxx"), "frame {sent} arrived whole and in order");
+            // The slow connection's task is stuck (it never takes what is queued for it).
+            if lock(&slow.conn.out).closed == Some(Closed::Lagged) {
+                assert!(sent > 4, "closed only after its socket buffers and queue filled up");
+                assert!(!slow.conn.close(Closed::Failed), "a half-written body must not get a clean end");
+                return;
+            }
+        }
+        panic!("the connection that reads nothing was never closed");
+    }
+}
