@@ -275,7 +275,9 @@ fn count_closed(why: Closed) {
 
 /// Reads and drops the first `len` bytes of the socket.
 async fn consume(socket: &TcpStream, mut len: usize) -> bool {
-    let mut buf = [0u8; 1024];
+    // On the heap and gone afterwards: an array here would stay in every connection's task for its whole life
+    // (a task is as large as its largest state).
+    let mut buf = vec![0u8; len.min(PEEK_LIMIT)];
     while len > 0 {
         if socket.readable().await.is_err() {
             return false;
