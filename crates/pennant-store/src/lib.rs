@@ -21,7 +21,7 @@ pub mod testing;
 mod transfer;
 mod webhooks;
 
-pub use access::{ApiToken, Member, NewToken, Role};
+pub use access::{ApiToken, Member, NewToken, Role, TOKEN_LAST_USED_GRANULARITY_MS};
 pub use db::{Backend, Changes, Store};
 pub use environments::EnvCredential;
 pub use error::{Result, StoreError};

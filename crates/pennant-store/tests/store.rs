@@ -298,6 +298,10 @@ async fn tokens_members_sessions_and_changelog_queries() {
             (token.id.as_str(), Role::Writer, ["p".to_owned()].as_slice())
         );
         assert!(found.last_used.is_some());
+        // Within a minute of the last recorded use, a lookup writes nothing (last_used stays as it was).
+        let again = s.token_by_secret(&secret).await.unwrap().unwrap();
+        assert_eq!(again.last_used, found.last_used);
+        assert_eq!(s.token(&token.id).await.unwrap().last_used, found.last_used);
         assert!(s.token_by_secret("api-nope").await.unwrap().is_none());
         s.delete_token(&actor(), &token.id).await.unwrap();
         assert!(s.token_by_secret(&secret).await.unwrap().is_none());
