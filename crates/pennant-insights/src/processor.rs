@@ -5,12 +5,22 @@
 //! its counts and its marker committed. A crash before the commit leaves neither (the queue redelivers it and it is
 //! counted then); a crash between the commit and the acknowledgement leaves both (the queue redelivers it, its
 //! marker is found and it is skipped).
+//!
+//! Contexts: most index events repeat a context the processor wrote moments ago, unchanged. The processor remembers
+//! the contexts it wrote (a bounded cache: a hash of project, environment, kind and key → a hash of what it wrote
+//! and the `last_seen` it wrote) and does not write a context again while it is unchanged and its last write is less
+//! than [`ProcessorOptions::context_refresh`] old (by the events' own times). So an indexed context's `last_seen`
+//! has that granularity: it can lag the newest sighting by up to the window (60 s by default).
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::future::Future;
+use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use pennant_store::{BatchInsights, InsightsWritten, Retention, Store, StoreError, batch_marker};
+use pennant_store::{BatchInsights, ContextUpsert, InsightsWritten, Retention, Store, StoreError, batch_marker};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -64,26 +74,46 @@ pub trait BatchQueue: Send + Sync + 'static {
 /// How the processor batches its writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcessorOptions {
-    /// Most queued batches written in one transaction.
+    /// Most queued batches taken in one round (written, then acknowledged together).
     pub max_batches: usize,
+    /// Most events written in one transaction: a round's batches are written in several transactions of at most
+    /// this many events (a batch with more goes alone). On SQLite the front door's queue inserts wait for the
+    /// transaction in progress, so its length bounds their latency.
+    pub max_events: usize,
     /// Longest time the first batch pulled waits for others before the write (write coalescing).
     pub flush_interval: Duration,
     /// How long one pull waits when idle (the loop checks for shutdown between pulls).
     pub idle_wait: Duration,
     /// Longest wait between retries of a failed write.
     pub max_backoff: Duration,
+    /// A context this processor wrote less than this long before (by the events' own times) with the same name,
+    /// attributes and redactions is not written again. An indexed context's `last_seen` therefore moves in steps
+    /// of about this length (it can lag the newest sighting by up to this much); a changed context is written at
+    /// once. Zero writes every sighting. With several processors on one database (PostgreSQL), a context whose
+    /// attributes alternate between sightings handled by different processors can keep an older version for up
+    /// to this long.
+    pub context_refresh: Duration,
+    /// How many recently written contexts are remembered for [`Self::context_refresh`] (a bounded cache of a few
+    /// tens of bytes an entry; the least useful are forgotten first, and a forgotten context is simply written
+    /// again). Zero remembers none.
+    pub context_cache: usize,
 }
 
 impl Default for ProcessorOptions {
-    /// 100 batches or 200 ms, whichever comes first. On SQLite the front door's queue inserts wait for the
-    /// processor's transaction (one writer), so its size bounds the acknowledgement latency: 1,000 batches of 100
-    /// events held the lock for seconds under load; 100 keep it to a few hundred ms at the same throughput.
+    /// 100 batches or 200 ms, whichever comes first, written 2,000 events a transaction. On SQLite the front
+    /// door's queue inserts wait for the processor's transaction (one writer), so its size bounds the
+    /// acknowledgement latency: 1,000 batches of 100 events held the lock for seconds under load, 100 batches
+    /// (10,000 events) for 60–200 ms. Contexts: refreshed at most once a minute while unchanged, 250,000
+    /// remembered.
     fn default() -> Self {
         ProcessorOptions {
             max_batches: 100,
+            max_events: 2_000,
             flush_interval: Duration::from_millis(200),
             idle_wait: Duration::from_secs(1),
             max_backoff: Duration::from_secs(5),
+            context_refresh: Duration::from_secs(60),
+            context_cache: 250_000,
         }
     }
 }
@@ -101,6 +131,113 @@ pub struct ProcessReport {
     pub unparseable: usize,
     /// Index/identify contexts that could not be read.
     pub bad_contexts: usize,
+    /// Contexts not written because this processor wrote them unchanged within
+    /// [`ProcessorOptions::context_refresh`].
+    pub contexts_skipped: usize,
+    /// Write transactions committed (see [`ProcessorOptions::max_events`]).
+    pub transactions: usize,
+}
+
+/// The contexts a processor wrote recently (see [`ProcessorOptions::context_refresh`]).
+#[derive(Debug)]
+struct RecentContexts {
+    /// Hash of (project, environment, kind, key) → (hash of the context as written, the `last_seen` written).
+    written: quick_cache::sync::Cache<u64, (u64, i64)>,
+    /// Hashes the identity; `contents` hashes identity and contents, with another seed. Two contexts are taken
+    /// for one only if both hashes agree, so a collision of one of them costs at most an extra write.
+    identity: foldhash::quality::RandomState,
+    contents: foldhash::quality::RandomState,
+    window_ms: i64,
+}
+
+impl RecentContexts {
+    fn new(options: &ProcessorOptions) -> Option<RecentContexts> {
+        let window_ms = i64::try_from(options.context_refresh.as_millis()).unwrap_or(i64::MAX);
+        (window_ms > 0 && options.context_cache > 0).then(|| RecentContexts {
+            written: quick_cache::sync::Cache::new(options.context_cache),
+            identity: foldhash::quality::RandomState::default(),
+            contents: foldhash::quality::RandomState::default(),
+            window_ms,
+        })
+    }
+
+    /// (identity hash, contents hash) of a context of an environment.
+    fn hashes(&self, project: &str, env: &str, c: &ContextUpsert) -> (u64, u64) {
+        let identity = (project, env, c.kind.as_str(), c.key.as_str());
+        (self.identity.hash_one(identity), self.contents.hash_one((identity, &c.name, &c.attributes, &c.redacted)))
+    }
+
+    /// Whether the context was written with these contents at most the window before `seen_at` (or after it).
+    fn written_recently(&self, identity: u64, contents: u64, seen_at: i64) -> bool {
+        matches!(self.written.get(&identity),
+            Some((h, last_seen)) if h == contents && seen_at < last_seen.saturating_add(self.window_ms))
+    }
+
+    /// Remembers a write, unless a newer one is remembered (the store keeps the newest sighting too).
+    fn remember(&self, identity: u64, contents: u64, last_seen: i64) {
+        if self.written.get(&identity).is_none_or(|(_, newer)| newer <= last_seen) {
+            self.written.insert(identity, (contents, last_seen));
+        }
+    }
+}
+
+/// What parsing a queued batch needs, owned (it is parsed on a blocking thread).
+struct ParseInput {
+    marker: String,
+    project: String,
+    env: String,
+    received_at_ms: i64,
+    body: Bytes,
+}
+
+/// A parsed batch.
+struct Parsed {
+    insights: BatchInsights,
+    events: usize,
+    bad_contexts: usize,
+    skipped_events: usize,
+    unparseable: bool,
+}
+
+impl ParseInput {
+    fn new<Id: std::fmt::Display>(b: &InputBatch<Id>) -> ParseInput {
+        ParseInput {
+            marker: b.marker(),
+            project: b.project.clone(),
+            env: b.env.clone(),
+            received_at_ms: b.received_at_ms,
+            body: b.body.clone(),
+        }
+    }
+
+    fn parse(self) -> Parsed {
+        let mut insights = BatchInsights::new(self.marker, &self.project, &self.env, self.received_at_ms);
+        match pennant_events::parse_batch(&self.body) {
+            Ok(parsed) => {
+                let stats = add_events(&mut insights, &parsed);
+                Parsed {
+                    insights,
+                    events: stats.events,
+                    bad_contexts: stats.bad_contexts,
+                    skipped_events: parsed.skipped,
+                    unparseable: false,
+                }
+            }
+            Err(e) => {
+                // The front door validated it; a body that does not parse now never will: mark it done.
+                tracing::warn!(project = %self.project, env = %self.env, error = %e,
+                    "queued event batch does not parse");
+                Parsed { insights, events: 0, bad_contexts: 0, skipped_events: 0, unparseable: true }
+            }
+        }
+    }
+}
+
+/// Batches gathered for one transaction.
+#[derive(Default)]
+struct Group {
+    insights: Vec<BatchInsights>,
+    events: usize,
 }
 
 /// Turns queued batches into insights.
@@ -108,51 +245,135 @@ pub struct ProcessReport {
 pub struct Processor {
     store: Store,
     options: ProcessorOptions,
+    recent: Option<Arc<RecentContexts>>,
 }
 
 impl Processor {
     /// A processor writing to `store`.
     pub fn new(store: Store, options: ProcessorOptions) -> Processor {
-        Processor { store, options: ProcessorOptions { max_batches: options.max_batches.max(1), ..options } }
+        let options = ProcessorOptions {
+            max_batches: options.max_batches.max(1),
+            max_events: options.max_events.max(1),
+            ..options
+        };
+        Processor { store, recent: RecentContexts::new(&options).map(Arc::new), options }
     }
 
-    /// Parses, aggregates and writes batches in one transaction (batches processed before are skipped). Does not
-    /// acknowledge anything.
+    /// Parses and aggregates batches and writes them, in transactions of at most
+    /// [`ProcessorOptions::max_events`] events (batches processed before are skipped). Does not acknowledge
+    /// anything. On an error the transactions committed before it stay; processing the same batches again skips
+    /// what they wrote.
+    ///
+    /// Parsing runs on a blocking thread, batch after batch, while the batches parsed before it are written: on
+    /// SQLite the write mostly waits for the database's own thread, and the two overlap on two cores.
     pub async fn process<Id: std::fmt::Display>(
         &self,
         batches: &[InputBatch<Id>],
     ) -> Result<ProcessReport, StoreError> {
         let mut report = ProcessReport::default();
-        let mut insights = Vec::with_capacity(batches.len());
-        for b in batches {
-            let mut out = BatchInsights::new(b.marker(), &b.project, &b.env, b.received_at_ms);
-            match pennant_events::parse_batch(&b.body) {
-                Ok(parsed) => {
-                    let stats = add_events(&mut out, &parsed);
-                    report.events += stats.events;
-                    report.bad_contexts += stats.bad_contexts;
-                    report.skipped_events += parsed.skipped;
-                }
-                Err(e) => {
-                    // The front door validated it; a body that does not parse now never will: mark it done.
-                    tracing::warn!(project = %b.project, env = %b.env, error = %e, "queued event batch does not parse");
-                    report.unparseable += 1;
+        let inputs: Vec<ParseInput> = batches.iter().map(ParseInput::new).collect();
+        let (parsed_tx, mut parsed_rx) = tokio::sync::mpsc::unbounded_channel();
+        let parser = tokio::task::spawn_blocking(move || {
+            for input in inputs {
+                if parsed_tx.send(input.parse()).is_err() {
+                    return;
                 }
             }
-            insights.push(out);
+        });
+        let mut group = Group::default();
+        let mut received = 0;
+        while let Some(parsed) = parsed_rx.recv().await {
+            received += 1;
+            self.add(&mut group, parsed, &mut report).await?;
         }
-        report.written = self.store.write_insights(&insights).await?;
-        metrics::counter!("pennant_insights_batches_total", "result" => "written")
-            .increment(u64::try_from(report.written.batches).unwrap_or(0));
-        metrics::counter!("pennant_insights_batches_total", "result" => "duplicate")
-            .increment(u64::try_from(report.written.duplicates).unwrap_or(0));
+        if let Err(e) = parser.await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+        // A parser cancelled before it started (the runtime shutting down) left these.
+        for b in batches.get(received..).unwrap_or_default() {
+            self.add(&mut group, ParseInput::new(b).parse(), &mut report).await?;
+        }
+        if !group.insights.is_empty() {
+            self.write(&mut group.insights, &mut report).await?;
+        }
         metrics::counter!("pennant_insights_batches_total", "result" => "unparseable")
             .increment(u64::try_from(report.unparseable).unwrap_or(0));
-        metrics::counter!("pennant_insights_evaluations_total")
-            .increment(u64::try_from(report.written.evaluations).unwrap_or(0));
         metrics::counter!("pennant_insights_events_skipped_total")
             .increment(u64::try_from(report.skipped_events + report.bad_contexts).unwrap_or(0));
         Ok(report)
+    }
+
+    /// Adds a parsed batch to the transaction being gathered, first writing that transaction if the batch would
+    /// take it past [`ProcessorOptions::max_events`].
+    async fn add(&self, group: &mut Group, parsed: Parsed, report: &mut ProcessReport) -> Result<(), StoreError> {
+        report.events += parsed.events;
+        report.bad_contexts += parsed.bad_contexts;
+        report.skipped_events += parsed.skipped_events;
+        report.unparseable += usize::from(parsed.unparseable);
+        if !group.insights.is_empty() && group.events + parsed.events > self.options.max_events {
+            self.write(&mut group.insights, report).await?;
+            *group = Group::default();
+        }
+        group.events += parsed.events;
+        group.insights.push(parsed.insights);
+        Ok(())
+    }
+
+    /// Writes batches' insights in one transaction, leaving out the contexts written recently and unchanged, and
+    /// remembers the contexts written once committed.
+    async fn write(&self, insights: &mut [BatchInsights], report: &mut ProcessReport) -> Result<(), StoreError> {
+        let mut writing: HashMap<u64, (u64, i64), foldhash::fast::RandomState> = HashMap::default();
+        let mut skipped = 0;
+        if let Some(recent) = &self.recent {
+            for out in insights.iter_mut() {
+                let (project, env) = (out.project.as_str(), out.env.as_str());
+                out.contexts.retain(|_, c| {
+                    let (identity, contents) = recent.hashes(project, env, c);
+                    if recent.written_recently(identity, contents, c.seen_at) {
+                        skipped += 1;
+                        return false;
+                    }
+                    // The store writes the newest sighting of a context (the later one of equals).
+                    match writing.entry(identity) {
+                        Entry::Occupied(mut e) if e.get().1 <= c.seen_at => {
+                            e.insert((contents, c.seen_at));
+                        }
+                        Entry::Occupied(_) => {}
+                        Entry::Vacant(e) => {
+                            e.insert((contents, c.seen_at));
+                        }
+                    }
+                    true
+                });
+            }
+        }
+        let written = self.store.write_insights(insights).await?;
+        // A batch processed before wrote its contexts then, maybe older versions than the ones stored now:
+        // remember nothing from such a transaction.
+        if let Some(recent) = self.recent.as_ref().filter(|_| written.duplicates == 0) {
+            for (identity, (contents, last_seen)) in writing {
+                recent.remember(identity, contents, last_seen);
+            }
+        }
+        let total = &mut report.written;
+        total.batches += written.batches;
+        total.duplicates += written.duplicates;
+        total.count_rows += written.count_rows;
+        total.evaluations += written.evaluations;
+        total.contexts += written.contexts;
+        total.custom_events += written.custom_events;
+        report.contexts_skipped += skipped;
+        report.transactions += 1;
+        metrics::counter!("pennant_insights_batches_total", "result" => "written")
+            .increment(u64::try_from(written.batches).unwrap_or(0));
+        metrics::counter!("pennant_insights_batches_total", "result" => "duplicate")
+            .increment(u64::try_from(written.duplicates).unwrap_or(0));
+        metrics::counter!("pennant_insights_evaluations_total")
+            .increment(u64::try_from(written.evaluations).unwrap_or(0));
+        metrics::counter!("pennant_insights_contexts_skipped_total").increment(u64::try_from(skipped).unwrap_or(0));
+        Ok(())
     }
 
     /// Consumes `queue` until `shutdown` becomes `true` (or its sender is dropped); what was pulled is written

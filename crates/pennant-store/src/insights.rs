@@ -105,7 +105,8 @@ pub struct IndexedContext {
     pub redacted_attributes: Vec<String>,
     /// First seen (Unix ms).
     pub first_seen: i64,
-    /// Last seen (Unix ms).
+    /// Last seen (Unix ms). The event processor writes an unchanged context again only once its last write is a
+    /// refresh window old (60 s by default), so this can lag the newest sighting by up to that window.
     pub last_seen: i64,
 }
 
