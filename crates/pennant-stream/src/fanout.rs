@@ -23,9 +23,17 @@ use tokio::sync::broadcast::{self, error::RecvError};
 /// Connections written per turn; the writer yields between turns so that other tasks on its thread run.
 const TURN: usize = 256;
 
-/// The registered connections of one environment's stream kind, and the writer that feeds them.
+/// The lean connections of one environment's stream kind, spread over shards: one per runtime worker thread, each
+/// with its own writer task, so that a change reaches a large environment's connections on every core at once.
 #[derive(Debug)]
 pub(crate) struct Fanout {
+    shards: Vec<Arc<Shard>>,
+    next: AtomicUsize,
+}
+
+/// Some of the registered connections, and the writer that feeds them.
+#[derive(Debug)]
+pub(crate) struct Shard {
     // Slots, reused after a connection leaves, so the writer walks a dense vector.
     slots: Mutex<Slots>,
     live: AtomicUsize,
@@ -77,7 +85,7 @@ pub(crate) enum Next {
 
 /// A registration that removes the connection from its fan-out when dropped.
 pub(crate) struct Registration {
-    fanout: Arc<Fanout>,
+    fanout: Arc<Shard>,
     slot: Option<usize>,
     pub(crate) conn: Arc<LeanConn>,
 }
@@ -103,16 +111,40 @@ impl Drop for Registration {
 }
 
 impl Fanout {
-    /// A fan-out fed by `frames` (a fresh subscription of the environment's channel); spawns its writer.
-    pub(crate) fn start(frames: broadcast::Receiver<Bytes>, capacity: usize) -> Arc<Fanout> {
-        let fanout = Arc::new(Fanout { slots: Mutex::default(), live: AtomicUsize::new(0), capacity: capacity.max(1) });
-        tokio::spawn(writer(Arc::downgrade(&fanout), frames));
-        fanout
+    /// A fan-out of `shards` writers (at least one), each with its own subscription of `frames`.
+    pub(crate) fn start(frames: &broadcast::Sender<Bytes>, capacity: usize, shards: usize) -> Fanout {
+        let shards = (0..shards.max(1)).map(|_| Shard::start(frames.subscribe(), capacity)).collect();
+        Fanout { shards, next: AtomicUsize::new(0) }
+    }
+
+    /// Registers a connection with the next shard in turn (see [`Shard::register`]).
+    pub(crate) fn register(&self, socket: TcpStream) -> Registration {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        self.shards[i].register(socket)
+    }
+
+    /// Registered connections.
+    pub(crate) fn connections(&self) -> usize {
+        self.shards.iter().map(|shard| shard.connections()).sum()
+    }
+
+    /// How many receivers of the environment's channel the writers hold.
+    pub(crate) fn writers(&self) -> usize {
+        self.shards.len()
+    }
+}
+
+impl Shard {
+    /// A shard fed by `frames` (a fresh subscription of the environment's channel); spawns its writer.
+    fn start(frames: broadcast::Receiver<Bytes>, capacity: usize) -> Arc<Shard> {
+        let shard = Arc::new(Shard { slots: Mutex::default(), live: AtomicUsize::new(0), capacity: capacity.max(1) });
+        tokio::spawn(writer(Arc::downgrade(&shard), frames));
+        shard
     }
 
     /// Registers a connection. Until its task calls [`LeanConn::next`] and gets [`Next::Idle`], frames are queued
     /// for the task, so the task can write the response head and the `put` first.
-    pub(crate) fn register(self: &Arc<Fanout>, socket: TcpStream) -> Registration {
+    fn register(self: &Arc<Shard>, socket: TcpStream) -> Registration {
         let conn = Arc::new(LeanConn { socket, out: Mutex::default(), wake: Notify::new() });
         let mut slots = lock(&self.slots);
         let slot = match slots.free.pop() {
@@ -140,8 +172,7 @@ impl Fanout {
         }
     }
 
-    /// Registered connections.
-    pub(crate) fn connections(&self) -> usize {
+    fn connections(&self) -> usize {
         self.live.load(Ordering::Relaxed)
     }
 
@@ -173,7 +204,7 @@ impl Fanout {
     }
 }
 
-async fn writer(fanout: std::sync::Weak<Fanout>, mut frames: broadcast::Receiver<Bytes>) {
+async fn writer(fanout: std::sync::Weak<Shard>, mut frames: broadcast::Receiver<Bytes>) {
     loop {
         let received = frames.recv().await;
         let Some(fanout) = fanout.upgrade() else { return };
@@ -364,8 +395,8 @@ mod tests {
     /// writer writes to the socket itself.
     #[tokio::test]
     async fn frames_queue_until_the_task_catches_up_then_go_out_directly() {
-        let (frames, receiver) = broadcast::channel(16);
-        let fanout = Fanout::start(receiver, 16);
+        let frames = broadcast::channel(16).0;
+        let fanout = Fanout::start(&frames, 16, 1);
         let (server, mut client) = socket_pair().await;
         let registration = fanout.register(server);
         let conn = registration.conn.clone();
@@ -395,8 +426,8 @@ mod tests {
     /// A connection that stops reading is closed once `capacity` frames wait for it; the others are not held up.
     #[tokio::test]
     async fn a_connection_that_stops_reading_is_closed_as_lagged() {
-        let (frames, receiver) = broadcast::channel(4);
-        let fanout = Fanout::start(receiver, 4);
+        let frames = broadcast::channel(4).0;
+        let fanout = Fanout::start(&frames, 4, 2);
         let (slow_server, _slow_client) = socket_pair().await;
         let (fast_server, mut fast_client) = socket_pair().await;
         let slow = fanout.register(slow_server);

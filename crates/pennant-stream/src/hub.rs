@@ -111,8 +111,8 @@ impl EnvChannel {
 
     fn listening(frames: &broadcast::Sender<Bytes>, lean: &OnceLock<Arc<Fanout>>) -> usize {
         match lean.get() {
-            // The lean writer is one receiver standing for all its connections.
-            Some(fanout) => frames.receiver_count().saturating_sub(1) + fanout.connections(),
+            // The lean writers' receivers stand for all their connections.
+            Some(fanout) => frames.receiver_count().saturating_sub(fanout.writers()) + fanout.connections(),
             None => frames.receiver_count(),
         }
     }
@@ -123,7 +123,9 @@ impl EnvChannel {
             StreamKind::All => (&self.lean_all, &self.frames),
             StreamKind::Flags => (&self.lean_flags, &self.flag_frames),
         };
-        cell.get_or_init(|| Fanout::start(frames.subscribe(), self.capacity)).clone()
+        // A writer per runtime worker: a large environment's connections are written on every core at once.
+        let workers = tokio::runtime::Handle::try_current().map_or(1, |rt| rt.metrics().num_workers());
+        cell.get_or_init(|| Arc::new(Fanout::start(frames, self.capacity, workers))).clone()
     }
 
     /// Drops the current snapshot; the next asker builds a new one.
