@@ -16,21 +16,33 @@ use serde_json::{Value, json};
 
 const SDK_VERSION: &str = "9.20.0";
 
-/// A virtualenv with the SDK, made once per target directory (the test fails if it cannot be made).
+/// A virtualenv with the SDK, made once per target directory (the test fails if it cannot be made). The tests of
+/// this file run in parallel threads: one makes it while the others wait (two making it at once broke each other).
 fn python() -> PathBuf {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(make_venv).clone()
+}
+
+fn make_venv() -> PathBuf {
     let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ld-python-{SDK_VERSION}"));
     let python = venv.join("bin/python");
-    if !python.exists() {
-        let ok =
-            Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3 is needed for this test");
-        assert!(ok.success(), "could not create a virtualenv at {}", venv.display());
-        let ok = Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-            .arg(format!("launchdarkly-server-sdk=={SDK_VERSION}"))
-            .status()
-            .unwrap();
-        assert!(ok.success(), "pip could not install launchdarkly-server-sdk {SDK_VERSION}");
+    let sdk_installed =
+        || Command::new(&python).args(["-c", "import ldclient"]).status().is_ok_and(|status| status.success());
+    if python.exists() && sdk_installed() {
+        return python;
     }
+    let ok = Command::new("python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(&venv)
+        .status()
+        .expect("python3 is needed for this test");
+    assert!(ok.success(), "could not create a virtualenv at {}", venv.display());
+    let ok = Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .arg(format!("launchdarkly-server-sdk=={SDK_VERSION}"))
+        .status()
+        .unwrap();
+    assert!(ok.success(), "pip could not install launchdarkly-server-sdk {SDK_VERSION}");
     python
 }
 
