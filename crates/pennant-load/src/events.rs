@@ -25,36 +25,11 @@ use clap::Args;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::sse::{ServerSample, ms, percentile_ms, sample_server, unix_nanos};
+use crate::error::Error;
+use crate::measure::{ms, percentile_ms, sample_server, unix_nanos};
 
 /// Flags in one summary event at most (a realistic flush evaluates a handful to a few dozen flags).
 const FLAGS_PER_SUMMARY: usize = 20;
-
-/// Errors of the event load tool.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// Bad command-line arguments.
-    #[error("{0}")]
-    Args(String),
-    /// I/O.
-    #[error("I/O: {0}")]
-    Io(#[from] std::io::Error),
-    /// A body that is not the expected JSON.
-    #[error("JSON: {0}")]
-    Json(#[from] serde_json::Error),
-    /// The server could not be reached.
-    #[error("HTTP: {0}")]
-    Http(#[from] reqwest::Error),
-    /// The API refused a request.
-    #[error("{method} {path} answered {status}: {body}")]
-    Api { method: &'static str, path: String, status: u16, body: String },
-    /// Reading the server's /proc entries failed.
-    #[error("sampling the server process: {0}")]
-    Sample(String),
-    /// The run finished but did not pass (counts never matched, double counting, refused batches).
-    #[error("{0}")]
-    Failed(String),
-}
 
 /// Arguments of `pennant-load events`.
 #[derive(Debug, Args)]
@@ -546,10 +521,6 @@ fn self_cpu_seconds() -> Option<f64> {
     sample_server(&[std::process::id()]).ok().flatten().map(|s| s.cpu_seconds)
 }
 
-fn sample(pids: &[u32]) -> Result<Option<ServerSample>, Error> {
-    sample_server(pids).map_err(|e| Error::Sample(e.to_string()))
-}
-
 /// The result, printed as a table and as one JSON line.
 #[derive(Debug, Serialize)]
 struct Report {
@@ -789,7 +760,7 @@ async fn drive(args: &EventsArgs) -> Result<Report, Error> {
         }))
     };
 
-    let server_start = sample(&args.server_pids)?;
+    let server_start = sample_server(&args.server_pids)?;
     let client_cpu_start = self_cpu_seconds();
     let started = Instant::now();
     let end = match (args.duration, args.batches) {
@@ -820,7 +791,7 @@ async fn drive(args: &EventsArgs) -> Result<Report, Error> {
     }
     let send_done = Instant::now();
     let client_cpu_seconds = client_cpu_start.zip(self_cpu_seconds()).map(|(a, b)| b - a);
-    let server_sent = sample(&args.server_pids)?;
+    let server_sent = sample_server(&args.server_pids)?;
     let queue_depth_at_last_ack = scrape_metric(&client, &base, "pennant_events_queue_depth").await;
     let last_ack = stats.last_ack.unwrap_or(send_done);
     let send_seconds = last_ack.max(send_done).duration_since(started).as_secs_f64().max(1e-9);
@@ -864,7 +835,7 @@ async fn drive(args: &EventsArgs) -> Result<Report, Error> {
         }
         tokio::time::sleep(Duration::from_millis(args.poll_ms)).await;
     }
-    let server_end = sample(&args.server_pids)?;
+    let server_end = sample_server(&args.server_pids)?;
     if matched_at.is_some() && args.settle_ms > 0 {
         // Nothing more may arrive: a batch counted twice would show up within a processor flush or two.
         tokio::time::sleep(Duration::from_millis(args.settle_ms)).await;

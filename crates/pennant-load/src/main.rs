@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod error;
 mod events;
+mod measure;
 mod sse;
 
 #[derive(Debug, Parser)]

@@ -12,43 +12,20 @@ pub(crate) mod worker;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::process::Stdio;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
+pub use crate::error::Error;
+use crate::measure::{ServerSample, ms, percentile_ms, sample_server, unix_nanos};
+
 /// This machine caps a process at 20,000 open files; leave room for the rest.
 pub const MAX_CONNECTIONS_PER_PROCESS: usize = 19_000;
 /// Ephemeral ports available per source address (`net.ipv4.ip_local_port_range` 32768–60999).
 pub const PORTS_PER_SOURCE: usize = 28_232;
-
-/// Errors of the SSE load tool.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// Bad command-line arguments.
-    #[error("{0}")]
-    Args(String),
-    /// I/O (sockets, pipes, /proc).
-    #[error("I/O: {0}")]
-    Io(#[from] std::io::Error),
-    /// A control message or API body that is not the expected JSON.
-    #[error("JSON: {0}")]
-    Json(#[from] serde_json::Error),
-    /// The REST API could not be reached.
-    #[error("HTTP: {0}")]
-    Http(#[from] reqwest::Error),
-    /// The REST API refused a request.
-    #[error("{method} {path} answered {status}: {body}")]
-    Api { method: &'static str, path: String, status: u16, body: String },
-    /// A malformed SSE response.
-    #[error("stream: {0}")]
-    Stream(#[from] stream::StreamError),
-    /// A worker failed or answered out of turn.
-    #[error("worker: {0}")]
-    Worker(String),
-}
 
 /// Arguments of `pennant-load sse`.
 #[derive(Debug, Args)]
@@ -162,10 +139,6 @@ pub(crate) struct RoundReply {
     max_version: u64,
     errors: u64,
     reconnects: u64,
-}
-
-pub(crate) fn unix_nanos() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// Parses `a.b.c.x-a.b.c.y` ranges (last octet) and comma-separated lists of addresses.
@@ -288,40 +261,6 @@ async fn ready_all(workers: &mut [Worker], within: Duration) -> Result<Vec<Progr
     Ok(out)
 }
 
-/// Resident memory (bytes) and CPU time (user + system, seconds) of the server processes, summed.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub(crate) struct ServerSample {
-    pub(crate) rss_bytes: u64,
-    pub(crate) cpu_seconds: f64,
-}
-
-pub(crate) fn sample_server(pids: &[u32]) -> Result<Option<ServerSample>, Error> {
-    if pids.is_empty() {
-        return Ok(None);
-    }
-    let mut total = ServerSample::default();
-    for pid in pids {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let rss_kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| Error::Args(format!("no VmRSS in /proc/{pid}/status")))?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        // Fields after the command name (which may contain spaces): state is field 3, utime 14, stime 15.
-        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
-        let (Some(utime), Some(stime)) = (ticks(11), ticks(12)) else {
-            return Err(Error::Args(format!("unexpected /proc/{pid}/stat")));
-        };
-        total.rss_bytes += rss_kb * 1024;
-        // USER_HZ is 100 on Linux.
-        total.cpu_seconds += (utime + stime) as f64 / 100.0;
-    }
-    Ok(Some(total))
-}
-
 #[derive(Debug, Serialize)]
 struct RoundReport {
     round: usize,
@@ -367,19 +306,6 @@ struct Report {
     errors: u64,
     reconnects: u64,
     first_error: Option<String>,
-}
-
-/// Nearest-rank percentile of sorted values, in ms.
-pub(crate) fn percentile_ms(sorted_ns: &[u64], p: f64) -> Option<f64> {
-    if sorted_ns.is_empty() {
-        return None;
-    }
-    let rank = ((p / 100.0) * sorted_ns.len() as f64).ceil() as usize;
-    Some(sorted_ns[rank.clamp(1, sorted_ns.len()) - 1] as f64 / 1e6)
-}
-
-pub(crate) fn ms(v: Option<f64>) -> String {
-    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"))
 }
 
 impl Report {
@@ -667,14 +593,5 @@ mod tests {
         assert_eq!((addr.port(), authority.as_str(), prefix.as_str()), (8030, "127.0.0.1:8030", ""));
         assert_eq!(parse_url("http://127.0.0.1:9/relay/").unwrap().2, "/relay");
         assert!(parse_url("https://127.0.0.1:8030").is_err());
-    }
-
-    #[test]
-    fn percentiles() {
-        let v: Vec<u64> = (1..=100).map(|i| i * 1_000_000).collect();
-        assert_eq!(percentile_ms(&v, 50.0), Some(50.0));
-        assert_eq!(percentile_ms(&v, 99.0), Some(99.0));
-        assert_eq!(percentile_ms(&v, 100.0), Some(100.0));
-        assert_eq!(percentile_ms(&[], 50.0), None);
     }
 }
