@@ -44,7 +44,7 @@ pub use model::{
     Segment, SegmentRule, SegmentTarget, Target, VariationOrRollout, WeightedVariation,
 };
 pub use reason::{BigSegmentsStatus, ErrorKind, Reason};
-pub use store::{MemoryStore, Store};
+pub use store::{MemoryStore, Payload, Store};
 pub use validate::{ValidationIssue, is_valid_key, validate_flag, validate_segment};
 pub use value::json_equal;
 pub use variation::{ValueType, VariationDetail, variation_detail};

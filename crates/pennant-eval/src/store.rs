@@ -25,12 +25,16 @@ pub struct MemoryStore {
     segments: Map<Segment>,
 }
 
-#[derive(Deserialize)]
-struct Payload {
+/// LaunchDarkly's `{"flags": {key: flag}, "segments": {key: segment}}` (the `/sdk/latest-all` body and the `data`
+/// of a stream's `put`), for stores that keep the items their own way.
+#[derive(Debug, Default, Deserialize)]
+pub struct Payload {
+    /// Flags by key.
     #[serde(default)]
-    flags: HashMap<String, Flag>,
+    pub flags: HashMap<String, Flag>,
+    /// Segments by key.
     #[serde(default)]
-    segments: HashMap<String, Segment>,
+    pub segments: HashMap<String, Segment>,
 }
 
 impl MemoryStore {

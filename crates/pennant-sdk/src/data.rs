@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use pennant_eval::{Clause, Flag, Operator, Segment, Store};
+use pennant_eval::{Clause, Flag, Operator, Payload, Segment, Store};
 use serde::Deserialize;
 
 type Map<T> = HashMap<String, Arc<T>, foldhash::fast::RandomState>;
@@ -26,14 +26,6 @@ pub enum DataError {
 pub struct FlagData {
     flags: Map<Flag>,
     segments: Map<Segment>,
-}
-
-#[derive(Deserialize)]
-struct Payload {
-    #[serde(default)]
-    flags: HashMap<String, Flag>,
-    #[serde(default)]
-    segments: HashMap<String, Segment>,
 }
 
 impl FlagData {
