@@ -19,19 +19,19 @@
 //!   data (with a timeout) and the status is `Ready` or `Error`; afterwards it follows the client's data source.
 //!
 //! `open-feature` 0.3 has no provider events (its README: "Events are not yet available in the Rust SDK"), so
-//! this provider emits none. Observe changes through the SDK instead: [`PennantProvider::flag_changes`] for
-//! changed flags, and [`PennantProvider::client`]`.data_source_status_receiver()` for the connection.
+//! [`PennantProvider::events`] delivers OpenFeature's provider events to the application itself
+//! ([`ProviderEvent`]: ready, stale, error, configuration changed with the changed flags).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
 //! use open_feature::{EvaluationContext, EvaluationContextFieldValue, OpenFeature};
-//! use pennant_openfeature::PennantProvider;
+//! use pennant_openfeature::{PennantProvider, ProviderEvent};
 //! use pennant_sdk::{Client, Config};
 //!
 //! let client = Client::start(Config::builder("sdk-0123…").service_uri("http://127.0.0.1:8030").build()?)?;
 //! let provider = PennantProvider::new(client).with_initialization_timeout(Duration::from_secs(5));
-//! let mut changes = provider.flag_changes();
+//! let mut events = provider.events();
 //!
 //! let mut api = OpenFeature::singleton_mut().await;
 //! api.set_provider(provider).await; // waits for the first flag data, up to 5 s
@@ -49,8 +49,10 @@
 //!     .with_custom_field("org", EvaluationContextFieldValue::new_struct(org));
 //! let limit = flags.get_int_value("upload-limit-mb", Some(&both), None).await.unwrap_or(10);
 //!
-//! while let Ok(change) = changes.recv().await {
-//!     println!("flag {} changed", change.key);
+//! while let Some(event) = events.recv().await {
+//!     if let ProviderEvent::ConfigurationChanged { flags_changed } = &event {
+//!         println!("flags changed: {flags_changed:?}");
+//!     }
 //! }
 //! # let _ = (enabled, limit);
 //! # Ok(()) }
@@ -59,9 +61,11 @@
 #![deny(missing_docs)]
 
 mod context;
+mod events;
 mod provider;
 
 pub use context::{ContextConversionError, to_pennant_context};
+pub use events::ProviderEvent;
 pub use provider::{DEFAULT_INITIALIZATION_TIMEOUT, GENERAL, PROVIDER_NAME, PennantProvider};
 
 /// The OpenFeature SDK this provider implements, re-exported so that applications use the same version.

@@ -62,10 +62,17 @@ impl PennantProvider {
         &self.client
     }
 
-    /// The SDK's flag-change notifications ([`Client::flag_changes`]): `open-feature` 0.3 has no provider events
-    /// (no `PROVIDER_CONFIGURATION_CHANGED`), so this is how to learn that flags changed.
+    /// The SDK's flag-change notifications ([`Client::flag_changes`]), one per changed flag.
     pub fn flag_changes(&self) -> broadcast::Receiver<FlagChange> {
         self.client.flag_changes()
+    }
+
+    /// OpenFeature's provider events (`PROVIDER_READY`, `PROVIDER_STALE`, `PROVIDER_ERROR`,
+    /// `PROVIDER_CONFIGURATION_CHANGED` with the changed flags' keys), which `open-feature` 0.3 cannot carry to its
+    /// handlers yet: see [`crate::ProviderEvent`]. Each call starts its own subscription (on the current Tokio
+    /// runtime), beginning with `PROVIDER_READY` if the data is valid already; dropping the receiver ends it.
+    pub fn events(&self) -> tokio::sync::mpsc::Receiver<crate::ProviderEvent> {
+        crate::events::spawn(&self.client)
     }
 
     fn resolve<T>(

@@ -333,3 +333,50 @@ async fn an_application_evaluates_through_the_open_feature_api() {
     assert_eq!(change.key, "string");
     assert_eq!(flags.get_string_value("string", None, None).await.unwrap(), "bonjour");
 }
+
+/// The next provider event, within the deadline.
+async fn next_event(
+    events: &mut tokio::sync::mpsc::Receiver<pennant_openfeature::ProviderEvent>,
+) -> pennant_openfeature::ProviderEvent {
+    tokio::time::timeout(DEADLINE, events.recv()).await.expect("no provider event before the deadline").expect("ended")
+}
+
+#[tokio::test]
+async fn provider_events_follow_the_data_source_and_flag_changes() {
+    use pennant_openfeature::ProviderEvent;
+    let source = Arc::new(Gated::default());
+    let gate = source.gate.clone();
+    let client = Client::start(Config::builder("k").data_source(source).build().unwrap()).unwrap();
+    let provider = PennantProvider::new(client.clone());
+    let mut events = provider.events();
+    gate.notify_one();
+    assert_eq!(next_event(&mut events).await, ProviderEvent::Ready);
+
+    // Flags changed: one event with every affected key.
+    let td = test_data();
+    let with_data = Client::start(Config::builder("k").test_data(&td).build().unwrap()).unwrap();
+    assert!(with_data.wait_for_initialization(DEADLINE).await);
+    let provider = PennantProvider::new(with_data.clone());
+    let mut events = provider.events();
+    assert_eq!(next_event(&mut events).await, ProviderEvent::Ready, "ready at once when the data is there");
+    td.update(td.flag("bool").variation_for_all(false));
+    match next_event(&mut events).await {
+        ProviderEvent::ConfigurationChanged { flags_changed } => assert!(flags_changed.contains(&"bool".to_owned())),
+        other => panic!("expected a configuration change, got {other:?}"),
+    }
+    // Closed with data: the last data is served, stale.
+    with_data.close().await;
+    assert!(matches!(next_event(&mut events).await, ProviderEvent::Stale { .. }));
+    assert!(tokio::time::timeout(DEADLINE, events.recv()).await.unwrap().is_none(), "the subscription ends");
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_rejected_key_is_a_provider_error_event() {
+    use pennant_openfeature::ProviderEvent;
+    let client = Client::start(Config::builder("k").data_source(Arc::new(Gated::default())).build().unwrap()).unwrap();
+    let provider = PennantProvider::new(client.clone());
+    let mut events = provider.events();
+    client.close().await;
+    assert!(matches!(next_event(&mut events).await, ProviderEvent::Error { .. }));
+}

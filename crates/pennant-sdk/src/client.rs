@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, watch};
 use crate::config::{Config, DataSourceConfig};
 use crate::data::FlagData;
 use crate::events::{self, Events, FlushError};
-use crate::source::{DataSource, PollingDataSource, Shutdown, StreamingDataSource, http_client};
+use crate::source::{DataSource, FileDataSource, PollingDataSource, Shutdown, StreamingDataSource, http_client};
 use crate::status::{DataSourceState, DataSourceStatus};
 use crate::updates::{DataSourceUpdates, FlagChange};
 
@@ -203,6 +203,9 @@ impl Client {
                 DataSourceConfig::Polling { interval } => {
                     Arc::new(PollingDataSource::new(&config, http_client(config.connect_timeout())?, *interval))
                 }
+                DataSourceConfig::File { paths, poll_interval } => {
+                    Arc::new(FileDataSource::new(paths.clone(), *poll_interval))
+                }
                 DataSourceConfig::TestData(test_data) => Arc::new(test_data.clone()),
                 DataSourceConfig::Custom(source) => source.clone(),
             })
@@ -271,6 +274,19 @@ impl Client {
     /// transitively. The flag's new value may be evaluated as soon as its key is received.
     pub fn flag_changes(&self) -> broadcast::Receiver<FlagChange> {
         self.inner.updates.shared.changes.subscribe()
+    }
+
+    /// The flag data now: every flag and segment received (deleted ones are left out of [`FlagData::flags`] and
+    /// [`FlagData::segments`]), as an immutable snapshot that later changes do not affect.
+    pub fn flag_data(&self) -> Arc<FlagData> {
+        self.inner.updates.shared.store.snapshot()
+    }
+
+    /// A receiver marked changed whenever the data changes: every full data set received (a stream's `put`, a
+    /// poll's new response), and every applied `patch` or `delete`. Read [`Client::flag_data`] when it is. Unlike
+    /// [`Client::flag_changes`] it cannot lag: a slow reader sees only the newest state.
+    pub fn data_updates(&self) -> watch::Receiver<u64> {
+        self.inner.updates.shared.data_version.subscribe()
     }
 
     /// Closes the client: stops recording analytics events and sends every event recorded so far (waiting for the

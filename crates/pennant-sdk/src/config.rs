@@ -1,6 +1,7 @@
 //! The client's configuration: where to connect, how to fetch flag data, timeouts, and validation.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,8 @@ pub const DEFAULT_INITIAL_RECONNECT_DELAY: Duration = Duration::from_secs(1);
 pub const DEFAULT_MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
 /// How often polling mode asks for the data.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the file data source checks whether its files changed.
+pub const DEFAULT_FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Most analytics events held between flushes (and queued between the application and the event processor).
 pub const DEFAULT_EVENTS_CAPACITY: usize = 10_000;
 /// How often analytics events are sent.
@@ -70,6 +73,9 @@ pub enum ConfigError {
         /// Which setting.
         setting: &'static str,
     },
+    /// The file data source was given no file.
+    #[error("the file data source needs at least one file")]
+    NoFiles,
     /// A private attribute that is not a valid attribute reference.
     #[error("private attribute {reference:?} is not a valid attribute reference: {error}")]
     InvalidPrivateAttribute {
@@ -91,6 +97,15 @@ pub enum DataSourceConfig {
         /// Time between the start of one request and the next.
         interval: Duration,
     },
+    /// Local JSON files ([`ConfigBuilder::files`]), each LaunchDarkly's `/sdk/latest-all` body
+    /// (`{"flags": {…}, "segments": {…}}`) or its file-data-source shorthand `{"flagValues": {key: value}}` (or
+    /// both), merged; checked for changes (modification time and length) at `poll_interval`. No SDK key is needed.
+    File {
+        /// The files, merged; a key defined in two of them is an error.
+        paths: Vec<PathBuf>,
+        /// How often the files' modification times and lengths are checked.
+        poll_interval: Duration,
+    },
     /// Flags defined in code, for tests ([`TestData`]).
     TestData(TestData),
     /// Any other implementation of [`DataSource`].
@@ -102,6 +117,9 @@ impl fmt::Debug for DataSourceConfig {
         match self {
             DataSourceConfig::Streaming => f.write_str("Streaming"),
             DataSourceConfig::Polling { interval } => f.debug_struct("Polling").field("interval", interval).finish(),
+            DataSourceConfig::File { paths, poll_interval } => {
+                f.debug_struct("File").field("paths", paths).field("poll_interval", poll_interval).finish()
+            }
             DataSourceConfig::TestData(_) => f.write_str("TestData"),
             DataSourceConfig::Custom(source) => f.debug_tuple("Custom").field(source).finish(),
         }
@@ -290,6 +308,8 @@ pub struct ConfigBuilder {
     events_enabled: bool,
     events: EventsSettings,
     data_source: DataSourceConfig,
+    /// Kept apart from `data_source` so that it may be set before or after [`ConfigBuilder::files`].
+    file_poll_interval: Duration,
 }
 
 impl fmt::Debug for ConfigBuilder {
@@ -320,6 +340,7 @@ impl ConfigBuilder {
             events_enabled: true,
             events: EventsSettings::default(),
             data_source: DataSourceConfig::Streaming,
+            file_poll_interval: DEFAULT_FILE_POLL_INTERVAL,
         }
     }
 
@@ -429,6 +450,26 @@ impl ConfigBuilder {
         ConfigBuilder { data_source: DataSourceConfig::Polling { interval }, ..self }
     }
 
+    /// Read the flag data from local JSON files instead of a server, and re-read them when they change. Each file is
+    /// LaunchDarkly's `/sdk/latest-all` body (`{"flags": {key: flag}, "segments": {key: segment}}`), LaunchDarkly's
+    /// shorthand `{"flagValues": {key: value}}` (a flag that is on and serves that value to everyone), or both; the
+    /// files are merged, and a key defined twice is an error. No SDK key is needed; analytics events are still sent
+    /// unless [`ConfigBuilder::events_enabled`] is false. An empty list fails [`ConfigBuilder::build`].
+    pub fn files(self, paths: impl IntoIterator<Item = impl Into<PathBuf>>) -> ConfigBuilder {
+        let paths = paths.into_iter().map(Into::into).collect();
+        let poll_interval = self.file_poll_interval;
+        ConfigBuilder { data_source: DataSourceConfig::File { paths, poll_interval }, ..self }
+    }
+
+    /// How often the file data source checks its files' modification times and lengths (default 1 s).
+    pub fn file_poll_interval(mut self, interval: Duration) -> ConfigBuilder {
+        self.file_poll_interval = interval;
+        if let DataSourceConfig::File { poll_interval, .. } = &mut self.data_source {
+            *poll_interval = interval;
+        }
+        self
+    }
+
     /// Take flags from a [`TestData`] instead of a server. No SDK key is needed.
     pub fn test_data(self, test_data: &TestData) -> ConfigBuilder {
         ConfigBuilder { data_source: DataSourceConfig::TestData(test_data.clone()), ..self }
@@ -468,6 +509,14 @@ impl ConfigBuilder {
             && interval.is_zero()
         {
             return Err(ConfigError::ZeroDuration { setting: "polling interval" });
+        }
+        if self.file_poll_interval.is_zero() {
+            return Err(ConfigError::ZeroDuration { setting: "file_poll_interval" });
+        }
+        if let DataSourceConfig::File { paths, .. } = &self.data_source
+            && paths.is_empty()
+        {
+            return Err(ConfigError::NoFiles);
         }
         if self.initial_reconnect_delay > self.max_reconnect_delay {
             return Err(ConfigError::ReconnectDelays {
@@ -622,6 +671,33 @@ mod tests {
         }
         // A test data source needs no key.
         assert!(Config::builder("").test_data(&TestData::new()).build().is_ok());
+    }
+
+    #[test]
+    fn file_settings_are_kept_in_either_order_and_validated() {
+        let config = Config::builder("").files(["a.json", "b.json"]).build().unwrap();
+        match config.data_source() {
+            DataSourceConfig::File { paths, poll_interval } => {
+                assert_eq!(paths, &[PathBuf::from("a.json"), PathBuf::from("b.json")]);
+                assert_eq!(*poll_interval, DEFAULT_FILE_POLL_INTERVAL);
+            }
+            other => panic!("{other:?}"),
+        }
+        let ms = Duration::from_millis(50);
+        for builder in [
+            Config::builder("").files(["a.json"]).file_poll_interval(ms),
+            Config::builder("").file_poll_interval(ms).files(["a.json"]),
+        ] {
+            let config = builder.build().unwrap();
+            assert!(
+                matches!(config.data_source(), DataSourceConfig::File { poll_interval, .. } if *poll_interval == ms)
+            );
+        }
+        assert_eq!(Config::builder("").files(Vec::<PathBuf>::new()).build().unwrap_err(), ConfigError::NoFiles);
+        assert_eq!(
+            Config::builder("").files(["a.json"]).file_poll_interval(Duration::ZERO).build().unwrap_err(),
+            ConfigError::ZeroDuration { setting: "file_poll_interval" }
+        );
     }
 
     #[test]

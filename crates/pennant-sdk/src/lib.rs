@@ -31,8 +31,42 @@
 //!   a connection that was silent (not even a heartbeat) for the read timeout, and treats HTTP statuses as
 //!   LaunchDarkly SDKs do: 400, 408, 429 and 5xx are retried, other 4xx (a wrong SDK key) stop it (status `Off`).
 //! - `patch` and `delete` apply only when they raise the stored version; deletions leave tombstones.
-//! - [`Client::flag_changes`] announces changed flags, including flags that depend on a changed flag or segment.
+//! - [`Client::flag_changes`] announces changed flags, including flags that depend on a changed flag or segment;
+//!   [`Client::flag_key_changes`] one flag's, and [`Client::flag_value_changes`] one flag's value for one context.
 //! - [`TestData`] defines flags in code for unit tests.
+//! - [`ConfigBuilder::files`] reads flags from local JSON files (below).
+//!
+//! # Flags from files
+//!
+//! [`ConfigBuilder::files`] ([`DataSourceConfig::File`]) takes the flag data from one or more local files instead of
+//! a server, for development, tests or an air-gapped deployment. Each file holds a JSON object with any of:
+//!
+//! - `"flags": {key: flag}` and `"segments": {key: segment}`, as LaunchDarkly's `/sdk/latest-all` serves them (a
+//!   Pennant node's `GET /sdk/latest-all`, saved to a file, is a valid file);
+//! - `"flagValues": {key: value}`, LaunchDarkly's file-data-source shorthand: a flag that is on and serves that
+//!   value to everyone.
+//!
+//! ```json
+//! {"flagValues": {"new-checkout": true, "banner": "blue"},
+//!  "flags": {"beta": {"key": "beta", "on": true, "variations": [false, true], "fallthrough": {"variation": 0},
+//!                     "targets": [{"variation": 1, "values": ["user-1"]}]}}}
+//! ```
+//!
+//! The files are merged; a key defined twice (in two files or in one) is an error naming both files. Every
+//! [`ConfigBuilder::file_poll_interval`] (1 s by default) the files' modification times and lengths are checked,
+//! and the files are read again when one changed. A missing, unreadable or invalid file leaves the previous data in
+//! place and the status `Interrupted` (or `Initializing` before the first good load) with an `InvalidData` error
+//! that names the file and the reason; once it is fixed the status is `Valid` again. Items whose JSON changed get a
+//! higher version, so [`Client::flag_changes`] announces them even when the file does not raise `version`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use pennant_sdk::{Client, Config};
+//! let config = Config::builder("").files(["flags.json"]).events_enabled(false).build()?;
+//! let client = Client::start(config)?;
+//! client.wait_for_initialization(std::time::Duration::from_secs(1)).await;
+//! # Ok(()) }
+//! ```
 //!
 //! # Analytics events
 //!
@@ -67,6 +101,7 @@ mod client;
 mod config;
 mod data;
 mod events;
+mod listeners;
 mod source;
 mod status;
 mod test_data;
@@ -75,12 +110,13 @@ mod updates;
 pub use client::{AllFlags, Client, ClientError, EvaluationDetail, EvaluationReason};
 pub use config::{
     Config, ConfigBuilder, ConfigError, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONTEXT_KEYS_CAPACITY,
-    DEFAULT_CONTEXT_KEYS_FLUSH_INTERVAL, DEFAULT_EVENTS_CAPACITY, DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_CONTEXT_KEYS_FLUSH_INTERVAL, DEFAULT_EVENTS_CAPACITY, DEFAULT_FILE_POLL_INTERVAL, DEFAULT_FLUSH_INTERVAL,
     DEFAULT_INITIAL_RECONNECT_DELAY, DEFAULT_MAX_RECONNECT_DELAY, DEFAULT_POLL_INTERVAL, DEFAULT_READ_TIMEOUT,
     DEFAULT_URI, DataSourceConfig,
 };
 pub use data::{DataError, FlagData};
 pub use events::FlushError;
+pub use listeners::{FlagKeyChanges, FlagValueChange, FlagValueChanges};
 pub use source::{DataSource, DataSourceUpdates, Shutdown, SourceFuture};
 pub use status::{DataSourceErrorInfo, DataSourceErrorKind, DataSourceState, DataSourceStatus};
 pub use test_data::{FlagBuilder, RuleBuilder, TestData, TestDataError, Variation};

@@ -26,6 +26,8 @@ pub(crate) struct Shared {
     pub(crate) store: DataStore,
     pub(crate) status: watch::Sender<DataSourceStatus>,
     pub(crate) changes: broadcast::Sender<FlagChange>,
+    /// Counts the data's changes (every full data set, every applied upsert or delete).
+    pub(crate) data_version: watch::Sender<u64>,
 }
 
 /// The handle a [`DataSource`](crate::DataSource) applies its data through. Cloning it is cheap.
@@ -41,6 +43,7 @@ impl DataSourceUpdates {
                 store: DataStore::default(),
                 status: watch::Sender::new(DataSourceStatus::initializing()),
                 changes: broadcast::Sender::new(FLAG_CHANGE_CAPACITY),
+                data_version: watch::Sender::new(0),
             }),
         }
     }
@@ -48,6 +51,8 @@ impl DataSourceUpdates {
     /// Replaces all data (a stream's `put`, a poll's response). The client counts as initialised from then on.
     pub fn init(&self, data: FlagData) {
         let (data, changed) = self.shared.store.init(data);
+        // Even an identical data set is news to a watcher waiting for the first one.
+        self.shared.data_version.send_modify(|v| *v += 1);
         self.notify(&data, &changed);
     }
 
@@ -97,6 +102,7 @@ impl DataSourceUpdates {
 
     fn notify_one(&self, applied: Option<Arc<FlagData>>, key: &str, is_flag: bool) -> bool {
         let Some(data) = applied else { return false };
+        self.shared.data_version.send_modify(|v| *v += 1);
         let mut changed = Changed::default();
         if is_flag { &mut changed.flags } else { &mut changed.segments }.insert(key.to_owned());
         self.notify(&data, &changed);
@@ -181,6 +187,23 @@ mod tests {
         assert_eq!(drain(&mut rx), ["b"]);
         assert!(!updates.delete_flag("b", 2));
         assert!(updates.shared.store.load().flag("b").unwrap().deleted);
+    }
+
+    #[test]
+    fn data_updates_count_every_data_set_and_applied_change_only() {
+        let updates = DataSourceUpdates::new();
+        let mut rx = updates.shared.data_version.subscribe();
+        updates.init(FlagData::default());
+        assert!(rx.has_changed().unwrap(), "a first, empty data set is news");
+        assert_eq!(*rx.borrow_and_update(), 1);
+        let flag: Flag = serde_json::from_value(json!({"key": "a", "version": 2})).unwrap();
+        assert!(updates.upsert_flag("a", flag.clone()));
+        assert_eq!(*rx.borrow_and_update(), 2);
+        assert!(!updates.upsert_flag("a", flag));
+        assert!(!updates.delete_flag("a", 1));
+        assert!(!rx.has_changed().unwrap(), "ignored changes are not news");
+        assert!(updates.delete_flag("a", 3));
+        assert_eq!(*rx.borrow_and_update(), 3);
     }
 
     #[test]

@@ -85,7 +85,7 @@ impl Node {
     fn start(store: &Store, listener: TcpListener) -> Node {
         let hub = Arc::new(Hub::with_options(HubOptions::default()));
         let (stop, stopped) = watch::channel(false);
-        let state = StreamState { store: store.clone(), hub: hub.clone(), shutdown: stopped.clone() };
+        let state = StreamState { source: store.clone().into(), hub: hub.clone(), shutdown: stopped.clone() };
         // Only the store's own change notification wakes the relay: changes arrive as fast as they can.
         let relay = RelayOptions { poll_interval: Duration::from_secs(600), ..RelayOptions::default() };
         spawn_outbox_relay_with(store.clone(), hub, stopped.clone(), relay, None);
@@ -265,7 +265,7 @@ async fn polling_gets_304s_while_nothing_changes_and_sees_changes() {
     // The node's router, behind a layer that counts the 304s it answers.
     let hub = Arc::new(Hub::with_options(HubOptions::default()));
     let (stop, stopped) = watch::channel(false);
-    let state = StreamState { store: db.store.clone(), hub: hub.clone(), shutdown: stopped.clone() };
+    let state = StreamState { source: db.store.clone().into(), hub: hub.clone(), shutdown: stopped.clone() };
     let relay = RelayOptions { poll_interval: Duration::from_secs(600), ..RelayOptions::default() };
     spawn_outbox_relay_with(db.store.clone(), hub, stopped.clone(), relay, None);
     let not_modified = Arc::new(AtomicUsize::new(0));

@@ -284,8 +284,16 @@ async fn env_settings(
     {
         return Ok(c.settings.clone());
     }
-    let record = state.store.get_environment(&env.project, &env.env).await?;
-    let settings = Arc::new(EnvSettings { secure_mode: record.data.secure_mode, sdk_key: record.data.sdk_key });
+    let settings = Arc::new(match &state.source {
+        crate::Source::Store(store) => {
+            let record = store.get_environment(&env.project, &env.env).await?;
+            EnvSettings { secure_mode: record.data.secure_mode, sdk_key: record.data.sdk_key }
+        }
+        crate::Source::Mirror(mirror) => {
+            let keys = mirror.keys(env).ok_or_else(|| StreamError::NotFound("unknown environment".into()))?;
+            EnvSettings { secure_mode: keys.secure_mode, sdk_key: keys.sdk_key }
+        }
+    });
     if let Ok(mut cache) = settings_cache().lock() {
         cache.retain(|_, c| c.channel.strong_count() > 0);
         cache.insert(
@@ -372,7 +380,7 @@ async fn resolve(
     let channel = state.hub.channel(&env);
     // Subscribe before reading the snapshot, so that no change committed in between is missed.
     let updates = channel.subscribe();
-    let snapshot = channel.snapshot(&state.store).await?;
+    let snapshot = channel.snapshot(&state.source).await?;
     if audience == Audience::Browser {
         check_secure_mode(state, &env, &channel, &snapshot, &context, query.hash.as_deref()).await?;
     }
@@ -387,7 +395,7 @@ async fn evalx_response(
     query: &Query,
 ) -> Result<Response, ClientError> {
     let channel = state.hub.channel(&env);
-    let snapshot = channel.snapshot(&state.store).await?;
+    let snapshot = channel.snapshot(&state.source).await?;
     if audience == Audience::Browser {
         check_secure_mode(state, &env, &channel, &snapshot, &context, query.hash.as_deref()).await?;
     }
@@ -620,7 +628,7 @@ impl Connection {
 
     async fn on_change(&mut self) -> Result<Option<Bytes>, StreamError> {
         let Mode::Evalx { resolved, sent } = &mut self.mode else { return Ok(Some(Bytes::from_static(PING))) };
-        let snapshot = self.channel.snapshot(&self.state.store).await?;
+        let snapshot = self.channel.snapshot(&self.state.source).await?;
         let now = evalx_map(&snapshot, &resolved.context, resolved.options)?;
         let out = diff(&snapshot, sent, now);
         if !out.is_empty() {

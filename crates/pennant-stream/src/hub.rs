@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pennant_patterns::{Codec, LayeredCache, RemoteLayer, shared_error};
-use pennant_store::Store;
 use sha1::{Digest, Sha1};
 use tokio::sync::{OnceCell, broadcast};
 
 use crate::fanout::Fanout;
-use crate::{StreamError, StreamKind};
+use crate::{Source, StreamError, StreamKind};
 
 /// An environment, by project and environment key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -135,8 +134,8 @@ impl EnvChannel {
         }
     }
 
-    /// The current snapshot, built from the store at most once per change.
-    pub async fn snapshot(&self, store: &Store) -> Result<Arc<Snapshot>, StreamError> {
+    /// The current snapshot, built from the source at most once per change.
+    pub async fn snapshot(&self, source: &Source) -> Result<Arc<Snapshot>, StreamError> {
         let cell = match self.snapshot.lock() {
             Ok(cell) => cell.clone(),
             Err(_) => return Err(StreamError::Internal("snapshot lock poisoned".into())),
@@ -144,7 +143,7 @@ impl EnvChannel {
         let snapshot = cell
             .get_or_try_init(|| async {
                 metrics::counter!("pennant_stream_snapshot_builds_total").increment(1);
-                build_snapshot(store, &self.id, self.payloads.as_ref()).await.map(Arc::new)
+                build_snapshot(source, &self.id, self.payloads.as_ref()).await.map(Arc::new)
             })
             .await?;
         Ok(snapshot.clone())
@@ -271,7 +270,18 @@ impl Hub {
     }
 }
 
-async fn build_snapshot(store: &Store, id: &EnvId, payloads: Option<&PayloadCache>) -> Result<Snapshot, StreamError> {
+async fn build_snapshot(source: &Source, id: &EnvId, payloads: Option<&PayloadCache>) -> Result<Snapshot, StreamError> {
+    let store = match source {
+        Source::Store(store) => store,
+        Source::Mirror(mirror) => {
+            let payload = mirror.payload(id).ok_or_else(|| {
+                StreamError::NotReady(format!("environment {}/{} has no data from upstream yet", id.project, id.env))
+            })?;
+            let data = pennant_eval::MemoryStore::from_payload_json(&payload)
+                .map_err(|e| StreamError::Internal(format!("a mirrored SDK payload does not decode: {e}")))?;
+            return snapshot_of(data, Some(payload));
+        }
+    };
     let (data, cached) = match payloads {
         None => (store.sdk_payload(&id.project, &id.env).await?, None),
         Some(cache) => {
@@ -291,6 +301,11 @@ async fn build_snapshot(store: &Store, id: &EnvId, payloads: Option<&PayloadCach
             (data, Some(payload))
         }
     };
+    snapshot_of(data, cached)
+}
+
+/// The snapshot of `data`, whose encoded payload may be known already.
+fn snapshot_of(data: pennant_eval::MemoryStore, cached: Option<Bytes>) -> Result<Snapshot, StreamError> {
     let flags: BTreeMap<&str, &pennant_eval::Flag> = data.flags().map(|f| (f.key.as_str(), f)).collect();
     let flags_json = serde_json::to_vec(&flags)?;
     let payload = match cached {

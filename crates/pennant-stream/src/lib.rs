@@ -10,6 +10,7 @@ mod clientside;
 mod fanout;
 mod hub;
 mod listener;
+mod mirror;
 mod relay;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 pub use bus::NatsBus;
 pub use hub::{EnvChannel, EnvId, Hub, HubOptions, PayloadCache, Snapshot, payload_cache};
 pub use listener::serve;
+pub use mirror::{Mirror, MirrorKeys, MirrorUpdate};
 pub use relay::{RelayOptions, spawn_outbox_relay, spawn_outbox_relay_with};
 
 /// What can fail while serving SDKs.
@@ -49,6 +51,9 @@ pub enum StreamError {
     /// The change bus (NATS) failed.
     #[error("{0}")]
     Bus(String),
+    /// The environment has no data yet (a mirrored environment before its upstream answered).
+    #[error("{0}")]
+    NotReady(String),
     /// Anything else.
     #[error("{0}")]
     Internal(String),
@@ -60,6 +65,8 @@ impl IntoResponse for StreamError {
             StreamError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             StreamError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             StreamError::Store(pennant_store::StoreError::NotFound { .. }) => (StatusCode::NOT_FOUND, "not_found"),
+            // Expected while a relay starts: the SDK retries.
+            StreamError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             _ => {
                 tracing::error!(error = %self, "SDK endpoint failure");
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
@@ -69,11 +76,26 @@ impl IntoResponse for StreamError {
     }
 }
 
+/// Where the SDK endpoints find credentials, environments' settings and flag data.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Pennant's store; changes arrive through the outbox relay ([`spawn_outbox_relay`]).
+    Store(Store),
+    /// Environments mirrored from elsewhere, whose owner pushes their data ([`Mirror::update`]).
+    Mirror(Arc<Mirror>),
+}
+
+impl From<Store> for Source {
+    fn from(store: Store) -> Source {
+        Source::Store(store)
+    }
+}
+
 /// State of the SDK endpoints.
 #[derive(Debug, Clone)]
 pub struct StreamState {
-    /// The store.
-    pub store: Store,
+    /// Where the data comes from.
+    pub source: Source,
     /// The environments' channels.
     pub hub: Arc<Hub>,
     /// Becomes `true` when the server shuts down: every stream then ends, so SDKs reconnect elsewhere.
@@ -112,10 +134,14 @@ pub(crate) async fn credential(
     state: &StreamState,
     key: &str,
 ) -> Result<Option<pennant_store::EnvCredential>, StreamError> {
+    let store = match &state.source {
+        Source::Store(store) => store,
+        Source::Mirror(mirror) => return Ok(mirror.credential(key)),
+    };
     if let Some(found) = state.hub.cached_credential(key) {
         return Ok(found);
     }
-    let found = state.store.find_credential(key).await?;
+    let found = store.find_credential(key).await?;
     state.hub.remember_credential(key, found.clone());
     Ok(found)
 }
@@ -141,7 +167,7 @@ pub(crate) async fn open_stream(
         StreamKind::All => channel.subscribe(),
         StreamKind::Flags => channel.subscribe_flags(),
     };
-    let snapshot = channel.snapshot(&state.store).await?;
+    let snapshot = channel.snapshot(&state.source).await?;
     metrics::counter!("pennant_stream_connections_total").increment(1);
     let first = match kind {
         StreamKind::All => snapshot.put_frame.clone(),
@@ -211,13 +237,13 @@ fn json_with_etag(body: Bytes, etag: &str, headers: &HeaderMap) -> Response {
 
 async fn latest_all(State(state): State<StreamState>, headers: HeaderMap) -> Result<Response, StreamError> {
     let env = server_env(&state, &headers).await?;
-    let snapshot = state.hub.channel(&env).snapshot(&state.store).await?;
+    let snapshot = state.hub.channel(&env).snapshot(&state.source).await?;
     Ok(json_with_etag(snapshot.payload.clone(), &snapshot.etag, &headers))
 }
 
 async fn all_flags(State(state): State<StreamState>, headers: HeaderMap) -> Result<Response, StreamError> {
     let env = server_env(&state, &headers).await?;
-    let snapshot = state.hub.channel(&env).snapshot(&state.store).await?;
+    let snapshot = state.hub.channel(&env).snapshot(&state.source).await?;
     Ok(json_with_etag(snapshot.flags.clone(), &snapshot.etag, &headers))
 }
 
@@ -228,7 +254,7 @@ async fn one_flag(
 ) -> Result<Response, StreamError> {
     use pennant_eval::Store as _;
     let env = server_env(&state, &headers).await?;
-    let snapshot = state.hub.channel(&env).snapshot(&state.store).await?;
+    let snapshot = state.hub.channel(&env).snapshot(&state.source).await?;
     let flag = snapshot.data.flag(&key).ok_or_else(|| StreamError::NotFound(format!("flag {key:?} not found")))?;
     Ok(axum::Json(serde_json::to_value(flag)?).into_response())
 }
@@ -240,7 +266,7 @@ async fn one_segment(
 ) -> Result<Response, StreamError> {
     use pennant_eval::Store as _;
     let env = server_env(&state, &headers).await?;
-    let snapshot = state.hub.channel(&env).snapshot(&state.store).await?;
+    let snapshot = state.hub.channel(&env).snapshot(&state.source).await?;
     let segment =
         snapshot.data.segment(&key).ok_or_else(|| StreamError::NotFound(format!("segment {key:?} not found")))?;
     Ok(axum::Json(serde_json::to_value(segment)?).into_response())

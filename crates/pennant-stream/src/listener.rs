@@ -111,7 +111,7 @@ async fn try_lean(socket: TcpStream, state: &StreamState) -> Option<TcpStream> {
     // patch whose version they already have); what the writer sends meanwhile waits in the connection's queue.
     let channel = state.hub.channel(&env);
     let registration = channel.lean_fanout(request.kind).register(socket);
-    let first = match channel.snapshot(&state.store).await {
+    let first = match channel.snapshot(&state.source).await {
         Ok(snapshot) => match request.kind {
             StreamKind::All => snapshot.put_frame.clone(),
             StreamKind::Flags => snapshot.flags_put_frame.clone(),

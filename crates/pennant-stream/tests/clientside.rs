@@ -63,7 +63,7 @@ async fn setup(store: &Store) -> Environment {
 }
 
 fn state(store: &Store, hub: Arc<Hub>, shutdown: tokio::sync::watch::Receiver<bool>) -> StreamState {
-    StreamState { store: store.clone(), hub, shutdown }
+    StreamState { source: store.clone().into(), hub, shutdown }
 }
 
 fn app_for(store: &Store) -> axum::Router {

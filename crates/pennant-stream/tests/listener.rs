@@ -52,7 +52,7 @@ struct Node {
 async fn start_node(store: &Store, options: HubOptions, announcements: Option<watch::Receiver<i64>>) -> Node {
     let hub = Arc::new(Hub::with_options(options));
     let (stop, stopped) = watch::channel(false);
-    let state = StreamState { store: store.clone(), hub: hub.clone(), shutdown: stopped.clone() };
+    let state = StreamState { source: store.clone().into(), hub: hub.clone(), shutdown: stopped.clone() };
     // A long poll interval: only the local watch or an announcement wakes the relay quickly.
     let relay_options = RelayOptions { poll_interval: Duration::from_secs(600), ..RelayOptions::default() };
     spawn_outbox_relay_with(store.clone(), hub.clone(), stopped.clone(), relay_options, announcements);

@@ -44,13 +44,14 @@ async fn nodes_share_payloads_through_redis_and_each_change_is_built_once() {
         let id = EnvId { project: "p".into(), env: "production".into() };
         let first_version = db.store.env_data_version("p", "production").await.unwrap();
 
-        let a = hub_a.channel(&id).snapshot(&db.store).await.unwrap();
-        let b = hub_b.channel(&id).snapshot(&db.store).await.unwrap();
+        let a = hub_a.channel(&id).snapshot(&db.store.clone().into()).await.unwrap();
+        let b = hub_b.channel(&id).snapshot(&db.store.clone().into()).await.unwrap();
         let (sa, sb) = (cache_a.stats(), cache_b.stats());
         assert_eq!((sa.l2_misses, sa.loads), (1, 1), "node A built the payload: {sa:?}");
         assert_eq!((sb.l2_hits, sb.loads), (1, 0), "node B took it from Redis: {sb:?}");
         assert_eq!((&a.payload, &a.etag), (&b.payload, &b.etag));
-        let plain = Hub::with_options(HubOptions::default()).channel(&id).snapshot(&db.store).await.unwrap();
+        let plain =
+            Hub::with_options(HubOptions::default()).channel(&id).snapshot(&db.store.clone().into()).await.unwrap();
         assert_eq!(plain.payload, a.payload, "the cache changes nothing in what SDKs get");
         assert_eq!(a.data.flag("f").map(|f| f.on), Some(false));
 
@@ -66,8 +67,8 @@ async fn nodes_share_payloads_through_redis_and_each_change_is_built_once() {
         // What the relay does on a change.
         hub_a.channel(&id).invalidate();
         hub_b.channel(&id).invalidate();
-        let b2 = hub_b.channel(&id).snapshot(&db.store).await.unwrap();
-        let a2 = hub_a.channel(&id).snapshot(&db.store).await.unwrap();
+        let b2 = hub_b.channel(&id).snapshot(&db.store.clone().into()).await.unwrap();
+        let a2 = hub_a.channel(&id).snapshot(&db.store.clone().into()).await.unwrap();
         assert_eq!(a2.data.flag("f").map(|f| f.on), Some(true), "{}", db.backend);
         assert_eq!(a2.payload, b2.payload);
         assert_ne!(a2.etag, a.etag);

@@ -67,7 +67,7 @@ async fn polling_with_etags_and_credentials() {
     for db in TestDb::both().await.unwrap() {
         let (sdk_key, mobile_key) = setup(&db.store).await;
         let app = router(StreamState {
-            store: db.store.clone(),
+            source: db.store.clone().into(),
             hub: Arc::new(Hub::new(64)),
             shutdown: tokio::sync::watch::channel(false).1,
         });
@@ -93,7 +93,7 @@ async fn polling_with_etags_and_credentials() {
         // After a change the ETag changes (the relay invalidates the snapshot).
         let hub = Arc::new(Hub::new(64));
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let app = router(StreamState { store: db.store.clone(), hub: hub.clone(), shutdown: stopped.clone() });
+        let app = router(StreamState { source: db.store.clone().into(), hub: hub.clone(), shutdown: stopped.clone() });
         let relay = spawn_outbox_relay(db.store.clone(), hub, stopped, RelayOptions::default());
         let (_, headers, _) = get(&app, "/sdk/latest-all", &sdk_key, None).await;
         let first = headers.get("etag").unwrap().clone();
@@ -125,7 +125,7 @@ async fn streaming_put_then_patches_and_deletes() {
         let (sdk_key, _) = setup(&db.store).await;
         let hub = Arc::new(Hub::new(64));
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let app = router(StreamState { store: db.store.clone(), hub: hub.clone(), shutdown: stopped.clone() });
+        let app = router(StreamState { source: db.store.clone().into(), hub: hub.clone(), shutdown: stopped.clone() });
         let relay = spawn_outbox_relay(db.store.clone(), hub.clone(), stopped, RelayOptions::default());
 
         let res = app
@@ -200,7 +200,7 @@ async fn a_slow_reader_is_disconnected_without_slowing_the_others() {
     let (sdk_key, _) = setup(&db.store).await;
     let hub = Arc::new(Hub::new(4));
     let app = router(StreamState {
-        store: db.store.clone(),
+        source: db.store.clone().into(),
         hub: hub.clone(),
         shutdown: tokio::sync::watch::channel(false).1,
     });

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod config;
 mod conformance_cmd;
+mod relay_cmd;
 mod serve;
 mod transfer_cmd;
 
@@ -21,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run Pennant: the management API, SDK streaming and polling, and analytics events (all, or one role).
     Serve(Box<config::ServeArgs>),
+    /// Run a relay: mirror environments of an upstream Pennant (or LaunchDarkly) service and serve SDKs locally.
+    Relay(Box<relay_cmd::RelayArgs>),
     /// Run LaunchDarkly-format evaluation test data through the evaluation engine.
     Conformance(conformance_cmd::Args),
     /// Export a project (environments without credentials, context kinds, flags, segments) as JSON.
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Conformance(args) => conformance_cmd::run(&args),
         Command::Serve(args) => serve::run(&args),
+        Command::Relay(args) => relay_cmd::run(&args),
         Command::Export(args) => transfer_cmd::export(&args),
         Command::Import(args) => transfer_cmd::import(&args),
         Command::ImportLaunchdarkly(args) => transfer_cmd::import_launchdarkly(&args),

@@ -88,7 +88,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // Becomes true on SIGINT/SIGTERM: streams end (SDKs reconnect elsewhere), the relay and webhooks stop.
     let (stopping, _) = tokio::sync::watch::channel(false);
     let stream_state =
-        pennant_stream::StreamState { store: store.clone(), hub: hub.clone(), shutdown: stopping.subscribe() };
+        pennant_stream::StreamState { source: store.clone().into(), hub: hub.clone(), shutdown: stopping.subscribe() };
 
     let mut app = Router::new();
     if config.role.api() {
@@ -237,7 +237,7 @@ async fn open_event_queue(store: &Store, config: &ServeConfig) -> anyhow::Result
 
 /// Binds the listener; with `reuse_port`, several processes can bind the same address and the kernel spreads
 /// new connections over them (how one machine runs more streams than one process may hold file descriptors).
-fn bind(addr: std::net::SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+pub(crate) fn bind(addr: std::net::SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     #[cfg(unix)]
@@ -251,7 +251,7 @@ fn bind(addr: std::net::SocketAddr, reuse_port: bool) -> std::io::Result<TcpList
     socket.listen(4096)
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{SdkFixture, Server, request};
+use common::{RelayProcess, SdkFixture, Server, request};
 use serde_json::{Value, json};
 
 const SDK_VERSION: &str = "9.20.0";
@@ -247,4 +247,76 @@ fn launchdarkly_python_sdk_events_reach_insights() {
     assert_eq!(purchase.len(), 1, "{exported}");
     drop(sdk);
     assert!(server.stop().success());
+}
+
+#[test]
+fn launchdarkly_python_sdk_through_a_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&["--data-dir", dir.path().join("server").to_str().unwrap()]);
+    let SdkFixture { url, token, sdk_key, contexts, expected } = SdkFixture::create(&server);
+    let api = |method: &str, path: &str, body: Value| {
+        let (s, b) = request(&url, method, path, &token, &[], Some(&body));
+        assert!((200..300).contains(&s), "{method} {path}: {s} {b}");
+        b
+    };
+    api(
+        "POST",
+        "/api/v2/flags/default",
+        json!({"key": "checkout", "name": "Checkout", "variations": [{"value": true}, {"value": false}]}),
+    );
+    let relay_dir = dir.path().join("relay");
+    let relay_args =
+        ["--upstream", url.as_str(), "--sdk-key", sdk_key.as_str(), "--data-dir", relay_dir.to_str().unwrap()];
+    let relay = RelayProcess::start(&relay_args);
+    assert!(relay.banner.iter().any(|l| l.contains("env-1: serving, upstream valid")), "{:?}", relay.banner);
+
+    // The SDK on the relay evaluates as Pennant's engine does, and sees a REST change within a second.
+    let mut sdk = Sdk::start_with(&relay.url, &sdk_key, "stream", "events");
+    let got = sdk.ask(json!({"op": "eval", "flag": "banner", "contexts": contexts}));
+    assert_eq!(got, Value::Array(expected.clone()));
+    api(
+        "PATCH",
+        "/api/v2/flags/default/banner",
+        json!({"environmentKey": "production", "instructions": [{"kind": "turnFlagOff"}]}),
+    );
+    let waited =
+        sdk.ask(json!({"op": "wait", "flag": "banner", "context": contexts[1], "value": "blue", "timeout": 5}));
+    assert_eq!(waited["value"], json!("blue"), "the SDK never saw the change through the relay");
+    assert!(waited["seconds"].as_f64().unwrap() < 1.0, "{waited}");
+    api(
+        "PATCH",
+        "/api/v2/flags/default/banner",
+        json!({"environmentKey": "production", "instructions": [{"kind": "turnFlagOn"}]}),
+    );
+    let waited =
+        sdk.ask(json!({"op": "wait", "flag": "banner", "context": contexts[1], "value": "green", "timeout": 5}));
+    assert_eq!(waited["value"], json!("green"));
+
+    // Its analytics events go through the relay to the upstream's pipeline and are counted there.
+    let shoppers: Vec<Value> = (0..9).map(|i| json!({"kind": "user", "key": format!("shopper-{i}")})).collect();
+    sdk.ask(json!({"op": "eval", "flag": "checkout", "contexts": shoppers}));
+    assert_eq!(sdk.ask(json!({"op": "flush"}))["flushed"], true);
+    let path = "/api/v2/insights/default/production/flags/checkout/evaluations?granularity=minute";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let evaluations = loop {
+        let (s, body) = request(&url, "GET", path, &token, &[], None);
+        assert_eq!(s, 200, "{body}");
+        if body["total"].as_i64().unwrap_or(0) >= 9 || Instant::now() > deadline {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(evaluations["total"], 9, "every evaluation counted once: {evaluations}");
+    drop(sdk);
+
+    // Without the upstream, a restarted relay serves the payload it saved.
+    relay.stop();
+    assert!(server.stop().success());
+    let relay = RelayProcess::start(&relay_args);
+    assert!(relay.banner.iter().any(|l| l.contains("env-1: serving")), "{:?}", relay.banner);
+    let mut sdk = Sdk::start(&relay.url, &sdk_key, "stream");
+    let got = sdk.ask(json!({"op": "eval", "flag": "banner", "contexts": contexts}));
+    assert_eq!(got, Value::Array(expected), "the saved payload serves the same values");
+    drop(sdk);
+    relay.stop();
 }

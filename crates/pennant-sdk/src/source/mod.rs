@@ -1,8 +1,9 @@
 //! Data sources: where the client's flag data comes from. Streaming and polling speak LaunchDarkly's FDv1
-//! protocol; [`TestData`](crate::TestData) is defined in code.
+//! protocol; the file data source reads local JSON files; [`TestData`](crate::TestData) is defined in code.
 
 mod backoff;
 mod body;
+mod file;
 mod polling;
 mod streaming;
 
@@ -11,6 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use crate::updates::{DataSourceUpdates, Shutdown};
+pub(crate) use file::FileDataSource;
 pub(crate) use polling::PollingDataSource;
 pub(crate) use streaming::StreamingDataSource;
 

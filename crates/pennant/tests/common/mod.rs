@@ -14,35 +14,68 @@ pub struct Server {
     pub url: String,
 }
 
-impl Server {
-    pub fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pennant"))
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--log", "warn"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut banner = Vec::new();
-        // The banner ends with the test environment's line.
-        while !banner.iter().any(|l: &String| l.trim_start().starts_with("test ")) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => banner.push(line),
-                Err(_) => panic!("no complete banner before the deadline: {banner:?}"),
+/// Starts `pennant SUBCOMMAND --listen LISTEN --log warn ARGS…` and reads its stdout until `banner_done` holds
+/// for the lines read (within a minute).
+pub fn spawn_pennant(
+    subcommand: &str,
+    listen: &str,
+    args: &[&str],
+    banner_done: impl Fn(&[String]) -> bool,
+) -> (Child, Vec<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pennant"))
+        .arg(subcommand)
+        .args(["--listen", listen, "--log", "warn"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
             }
         }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut banner = Vec::new();
+    while !banner_done(&banner) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => banner.push(line),
+            Err(_) => panic!("no complete banner from `pennant {subcommand}` before the deadline: {banner:?}"),
+        }
+    }
+    (child, banner)
+}
+
+/// Sends SIGTERM and waits (up to 30 s) for the process to exit.
+pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the process did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Server {
+    /// `pennant serve` on a free port.
+    pub fn start(args: &[&str]) -> Server {
+        Server::start_on("127.0.0.1:0", args)
+    }
+
+    /// `pennant serve` on a given address (a restart that must come back on the same port).
+    pub fn start_on(listen: &str, args: &[&str]) -> Server {
+        // The banner ends with the test environment's line.
+        let (child, banner) =
+            spawn_pennant("serve", listen, args, |lines| lines.iter().any(|l| l.trim_start().starts_with("test ")));
         let url = banner[0].rsplit(' ').next().unwrap().to_owned();
         Server { child, banner, url }
     }
@@ -65,26 +98,51 @@ impl Server {
     }
 
     pub fn stop(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "server did not stop after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        terminate(&mut self.child)
     }
 }
 
 /// A test that fails before `stop` must not leave its server running (and spinning CPU) after the test process.
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        kill(&mut self.child);
+    }
+}
+
+/// A `pennant relay` process; its URL is read from its banner.
+pub struct RelayProcess {
+    pub child: Child,
+    pub url: String,
+    pub banner: Vec<String>,
+}
+
+impl RelayProcess {
+    pub fn start(args: &[&str]) -> RelayProcess {
+        // The banner ends with one line per environment.
+        let (child, banner) = spawn_pennant("relay", "127.0.0.1:0", args, |lines| {
+            lines.iter().any(|l| l.trim_start().starts_with("environment "))
+        });
+        let url = banner[0].split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
+        RelayProcess { child, url, banner }
+    }
+
+    pub fn stop(mut self) {
+        let status = terminate(&mut self.child);
+        assert!(status.success(), "the relay exited with {status}");
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// Kills a process that is still running (a test that failed before stopping it).
+fn kill(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
