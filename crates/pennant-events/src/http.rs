@@ -159,9 +159,10 @@ impl EventsState {
     }
 }
 
-/// The event routes (see the module documentation).
-pub fn router(state: EventsState) -> Router {
-    let cors = CorsLayer::new()
+/// CORS for the browser event routes: any origin (browser SDKs run on customers' sites), with credentials and the
+/// headers LaunchDarkly's JavaScript SDK sends. Shared with the relay, which serves the same routes.
+pub fn browser_cors() -> CorsLayer {
+    CorsLayer::new()
         .allow_origin(AllowOrigin::mirror_request())
         .allow_credentials(true)
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
@@ -174,7 +175,12 @@ pub fn router(state: EventsState) -> Router {
             HeaderName::from_static("x-launchdarkly-event-schema"),
             HeaderName::from_static("x-launchdarkly-tags"),
         ])
-        .max_age(Duration::from_secs(300));
+        .max_age(Duration::from_secs(300))
+}
+
+/// The event routes (see the module documentation).
+pub fn router(state: EventsState) -> Router {
+    let cors = browser_cors();
     let browser = Router::new()
         .route("/events/bulk/{env_id}", post(client_bulk))
         .route("/events/diagnostic/{env_id}", post(client_diagnostic))

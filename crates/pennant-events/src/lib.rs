@@ -6,7 +6,7 @@ pub mod http;
 pub mod model;
 pub mod queue;
 
-pub use http::{EventsConfig, EventsState, EventsStats, router};
+pub use http::{EventsConfig, EventsState, EventsStats, browser_cors, router};
 pub use model::{
     ContextEvent, Counter, CustomEvent, DiagnosticEvent, Event, FeatureEvent, FlagSummary, MigrationEvaluation,
     MigrationOpEvent, ParseError, ParsedBatch, SummaryEvent, parse_batch, parse_diagnostic,

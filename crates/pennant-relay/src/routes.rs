@@ -9,14 +9,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::forward::{BatchKey, BodyError, Outcome, decode_body, header_text};
 use crate::{Relay, Shared};
@@ -25,18 +24,7 @@ use crate::{Relay, Shared};
 pub fn router(relay: &Relay) -> Router {
     let shared = relay.shared.clone();
     let limit = shared.config.events_max_body_bytes;
-    let cors = CorsLayer::new()
-        .allow_origin(AllowOrigin::mirror_request())
-        .allow_credentials(true)
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([
-            header::CONTENT_TYPE,
-            header::CONTENT_ENCODING,
-            HeaderName::from_static("x-launchdarkly-user-agent"),
-            HeaderName::from_static("x-launchdarkly-payload-id"),
-            HeaderName::from_static("x-launchdarkly-wrapper"),
-            HeaderName::from_static("x-launchdarkly-event-schema"),
-        ]);
+    let cors = pennant_events::browser_cors();
     let browser = Router::new()
         .route("/events/bulk/{env_id}", post(client_bulk))
         .route("/events/diagnostic/{env_id}", post(client_diagnostic))
