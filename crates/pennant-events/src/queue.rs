@@ -3,10 +3,13 @@
 //! Two implementations behind one [`Queue`]:
 //! - [`EmbeddedQueue`] (default): batches are rows of the store's `event_queue` table. A writer task inserts all the
 //!   batches waiting at that moment in one transaction and then answers every caller (group commit), so a burst of
-//!   small posts costs one commit. Bounded by batch count and bytes: when full, `enqueue` fails with
+//!   small posts costs one commit. Bounded by batch count and bytes, counting every batch until it is
+//!   acknowledged (pulled ones too), so a processor that lags fills it: when full, `enqueue` fails with
 //!   [`QueueError::Full`] and the front door answers 503 with `Retry-After`. Delivery is at-least-once: `pull`
 //!   hands out batches after an in-memory cursor, `ack` deletes them; after a restart (or [`EmbeddedQueue::rewind`])
-//!   every batch not acknowledged is delivered again. One consuming process per database.
+//!   every batch not acknowledged is delivered again. One consuming process per database. A consumer writing
+//!   to the same store may delete the rows in its own transaction instead and then only
+//!   [`EmbeddedQueue::acknowledge_deleted`] them.
 //! - [`JetStreamQueue`] (`--nats-url`): a durable JetStream stream (file storage) and a durable pull consumer with
 //!   explicit acks; batches with a payload ID are published with `Nats-Msg-Id` so the server drops retries within
 //!   its duplicate window. At-least-once: a batch not acknowledged within `ack_wait` is delivered again.
@@ -301,6 +304,27 @@ impl EmbeddedQueue {
         drop(consumer);
         self.release(deleted, bytes);
         Ok(())
+    }
+
+    /// Whether the queue's rows are in `store` (the same opened store), so that a consumer writing there can
+    /// delete them in its own transaction (see [`EmbeddedQueue::acknowledge_deleted`]).
+    pub fn stored_in(&self, store: &Store) -> bool {
+        self.inner.store.same_store(store)
+    }
+
+    /// Acknowledges pulled batches whose rows the consumer deleted itself, in the transaction that wrote what
+    /// it made of them (the insights processor does): only the queue's bounds are updated.
+    pub async fn acknowledge_deleted(&self, ids: &[u64]) {
+        let mut consumer = self.inner.consumer.lock().await;
+        let (mut batches, mut bytes) = (0, 0);
+        for id in ids {
+            if let Some(size) = i64::try_from(*id).ok().and_then(|id| consumer.in_flight.remove(&id)) {
+                batches += 1;
+                bytes += size;
+            }
+        }
+        drop(consumer);
+        self.release(batches, bytes);
     }
 
     /// Delivers every batch not acknowledged again, from the oldest (what a restart does).

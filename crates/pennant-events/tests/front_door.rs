@@ -241,6 +241,34 @@ async fn a_full_queue_answers_503_with_retry_after() {
 }
 
 #[tokio::test]
+async fn batches_a_processor_holds_unacknowledged_still_fill_the_queue() {
+    // A lagging processor: it has pulled what was queued but not acknowledged it (still writing). Those batches
+    // count against the bound until the acknowledgement, so the front door pushes back instead of queuing more.
+    for db in TestDb::both().await.unwrap() {
+        let prod = env(&db.store, "production").await;
+        let queue = EmbeddedConfig { max_batches: 2, retry_after: Duration::from_secs(4), ..EmbeddedConfig::default() };
+        let (app, state) = app(&db.store, queue, EventsConfig::default()).await;
+        for _ in 0..2 {
+            assert_eq!(send(&app, post("/bulk", Some(&prod.sdk_key), BATCH)).await.0, StatusCode::ACCEPTED);
+        }
+        let held = state.queue().pull(100, Duration::from_millis(10)).await.unwrap();
+        assert_eq!(held.len(), 2, "{}", db.backend);
+        assert_eq!(state.queue().depth().await.unwrap(), 2, "{}", db.backend);
+        let (status, headers, _) = send(&app, post("/bulk", Some(&prod.sdk_key), BATCH)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{}", db.backend);
+        assert_eq!(headers.get("retry-after").unwrap(), "4");
+        // Nothing was queued behind the processor's back.
+        assert!(state.queue().pull(100, Duration::from_millis(10)).await.unwrap().is_empty(), "{}", db.backend);
+
+        // One acknowledged: room for exactly one more.
+        state.queue().ack(&[held[0].id]).await.unwrap();
+        assert_eq!(send(&app, post("/bulk", Some(&prod.sdk_key), BATCH)).await.0, StatusCode::ACCEPTED);
+        assert_eq!(send(&app, post("/bulk", Some(&prod.sdk_key), BATCH)).await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(state.stats().rejected_batches, 2, "{}", db.backend);
+    }
+}
+
+#[tokio::test]
 async fn browser_routes_answer_cors_and_the_gif() {
     let db = TestDb::sqlite().await.unwrap();
     let prod = env(&db.store, "production").await;

@@ -4,7 +4,13 @@
 //! Exactly-once counting over an at-least-once queue: a batch is acknowledged only after the transaction holding
 //! its counts and its marker committed. A crash before the commit leaves neither (the queue redelivers it and it is
 //! counted then); a crash between the commit and the acknowledgement leaves both (the queue redelivers it, its
-//! marker is found and it is skipped).
+//! marker is found and it is skipped). On the embedded queue in the same store the batch's queue row is deleted in
+//! that transaction too, so there is no such window and no acknowledgement transaction (on SQLite every commit
+//! syncs the log while holding the one write lock the front door's inserts wait for).
+//!
+//! Rounds overlap: the next round is pulled (a read) while the current one is written and acknowledged, and each
+//! transaction's statements are built before it begins (`Store::write_insights`), so the write lock is held only
+//! while they run.
 //!
 //! Contexts: most index events repeat a context the processor wrote moments ago, unchanged. The processor remembers
 //! the contexts it wrote (a bounded cache: a hash of project, environment, kind and key → a hash of what it wrote
@@ -69,6 +75,21 @@ pub trait BatchQueue: Send + Sync + 'static {
 
     /// Marks batches done; they are not delivered again.
     fn ack(&self, ids: Vec<Self::Id>) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// The row of `store`'s embedded event queue (`event_queue`) that holds this batch, when the queue keeps its
+    /// batches there. The processor then deletes the row in the transaction that writes the batch's insights,
+    /// and acknowledges it with [`BatchQueue::acknowledge_deleted`] instead of [`BatchQueue::ack`]. `None` (the
+    /// default): the queue is elsewhere.
+    fn queue_row(&self, store: &Store, id: &Self::Id) -> Option<i64> {
+        let _ = (store, id);
+        None
+    }
+
+    /// Acknowledges batches whose rows [`BatchQueue::queue_row`] gave and the processor deleted.
+    fn acknowledge_deleted(&self, ids: Vec<Self::Id>) -> impl Future<Output = ()> + Send {
+        let _ = ids;
+        std::future::ready(())
+    }
 }
 
 /// How the processor batches its writes.
@@ -97,6 +118,9 @@ pub struct ProcessorOptions {
     /// tens of bytes an entry; the least useful are forgotten first, and a forgotten context is simply written
     /// again). Zero remembers none.
     pub context_cache: usize,
+    /// Pull the next round while the current one is written and acknowledged (at most one round waits in
+    /// memory), instead of after it.
+    pub prefetch: bool,
 }
 
 impl Default for ProcessorOptions {
@@ -114,6 +138,7 @@ impl Default for ProcessorOptions {
             max_backoff: Duration::from_secs(5),
             context_refresh: Duration::from_secs(60),
             context_cache: 250_000,
+            prefetch: true,
         }
     }
 }
@@ -183,6 +208,7 @@ impl RecentContexts {
 
 /// What parsing a queued batch needs, owned (it is parsed on a blocking thread).
 struct ParseInput {
+    queue_row: Option<i64>,
     marker: String,
     project: String,
     env: String,
@@ -192,6 +218,7 @@ struct ParseInput {
 
 /// A parsed batch.
 struct Parsed {
+    queue_row: Option<i64>,
     insights: BatchInsights,
     events: usize,
     bad_contexts: usize,
@@ -200,8 +227,9 @@ struct Parsed {
 }
 
 impl ParseInput {
-    fn new<Id: std::fmt::Display>(b: &InputBatch<Id>) -> ParseInput {
+    fn new<Id: std::fmt::Display>(b: &InputBatch<Id>, queue_row: Option<i64>) -> ParseInput {
         ParseInput {
+            queue_row,
             marker: b.marker(),
             project: b.project.clone(),
             env: b.env.clone(),
@@ -216,6 +244,7 @@ impl ParseInput {
             Ok(parsed) => {
                 let stats = add_events(&mut insights, &parsed);
                 Parsed {
+                    queue_row: self.queue_row,
                     insights,
                     events: stats.events,
                     bad_contexts: stats.bad_contexts,
@@ -227,7 +256,14 @@ impl ParseInput {
                 // The front door validated it; a body that does not parse now never will: mark it done.
                 tracing::warn!(project = %self.project, env = %self.env, error = %e,
                     "queued event batch does not parse");
-                Parsed { insights, events: 0, bad_contexts: 0, skipped_events: 0, unparseable: true }
+                Parsed {
+                    queue_row: self.queue_row,
+                    insights,
+                    events: 0,
+                    bad_contexts: 0,
+                    skipped_events: 0,
+                    unparseable: true,
+                }
             }
         }
     }
@@ -237,6 +273,8 @@ impl ParseInput {
 #[derive(Default)]
 struct Group {
     insights: Vec<BatchInsights>,
+    /// The embedded queue's rows of these batches, deleted in their transaction.
+    queue_rows: Vec<i64>,
     events: usize,
 }
 
@@ -270,8 +308,18 @@ impl Processor {
         &self,
         batches: &[InputBatch<Id>],
     ) -> Result<ProcessReport, StoreError> {
+        self.process_dequeuing(batches, |_| None).await
+    }
+
+    /// [`Processor::process`], deleting each batch's row of the embedded queue (`queue_row`) in the transaction
+    /// that writes its insights.
+    async fn process_dequeuing<Id: std::fmt::Display>(
+        &self,
+        batches: &[InputBatch<Id>],
+        queue_row: impl Fn(&InputBatch<Id>) -> Option<i64>,
+    ) -> Result<ProcessReport, StoreError> {
         let mut report = ProcessReport::default();
-        let inputs: Vec<ParseInput> = batches.iter().map(ParseInput::new).collect();
+        let inputs: Vec<ParseInput> = batches.iter().map(|b| ParseInput::new(b, queue_row(b))).collect();
         let (parsed_tx, mut parsed_rx) = tokio::sync::mpsc::unbounded_channel();
         let parser = tokio::task::spawn_blocking(move || {
             for input in inputs {
@@ -293,10 +341,10 @@ impl Processor {
         }
         // A parser cancelled before it started (the runtime shutting down) left these.
         for b in batches.get(received..).unwrap_or_default() {
-            self.add(&mut group, ParseInput::new(b).parse(), &mut report).await?;
+            self.add(&mut group, ParseInput::new(b, queue_row(b)).parse(), &mut report).await?;
         }
         if !group.insights.is_empty() {
-            self.write(&mut group.insights, &mut report).await?;
+            self.write(&mut group, &mut report).await?;
         }
         metrics::counter!("pennant_insights_batches_total", "result" => "unparseable")
             .increment(u64::try_from(report.unparseable).unwrap_or(0));
@@ -313,17 +361,19 @@ impl Processor {
         report.skipped_events += parsed.skipped_events;
         report.unparseable += usize::from(parsed.unparseable);
         if !group.insights.is_empty() && group.events + parsed.events > self.options.max_events {
-            self.write(&mut group.insights, report).await?;
+            self.write(group, report).await?;
             *group = Group::default();
         }
         group.events += parsed.events;
         group.insights.push(parsed.insights);
+        group.queue_rows.extend(parsed.queue_row);
         Ok(())
     }
 
     /// Writes batches' insights in one transaction, leaving out the contexts written recently and unchanged, and
     /// remembers the contexts written once committed.
-    async fn write(&self, insights: &mut [BatchInsights], report: &mut ProcessReport) -> Result<(), StoreError> {
+    async fn write(&self, group: &mut Group, report: &mut ProcessReport) -> Result<(), StoreError> {
+        let insights = &mut group.insights;
         let mut writing: HashMap<u64, (u64, i64), foldhash::fast::RandomState> = HashMap::default();
         let mut skipped = 0;
         if let Some(recent) = &self.recent {
@@ -349,7 +399,7 @@ impl Processor {
                 });
             }
         }
-        let written = self.store.write_insights(insights).await?;
+        let written = self.store.write_insights_dequeuing(insights, &group.queue_rows).await?;
         // A batch processed before wrote its contexts then, maybe older versions than the ones stored now:
         // remember nothing from such a transaction.
         if let Some(recent) = self.recent.as_ref().filter(|_| written.duplicates == 0) {
@@ -379,26 +429,66 @@ impl Processor {
     /// Consumes `queue` until `shutdown` becomes `true` (or its sender is dropped); what was pulled is written
     /// and acknowledged before it returns, unless the store keeps failing (then it is left unacknowledged, to be
     /// delivered again).
-    pub async fn run<Q: BatchQueue>(self, queue: Q, mut shutdown: watch::Receiver<bool>) {
+    ///
+    /// With [`ProcessorOptions::prefetch`] the next round is pulled while the current one is written and
+    /// acknowledged: pulling only reads the queue (on SQLite a reader, which neither waits for the writer nor
+    /// blocks it), so a busy processor has its next round in hand when a write ends. At most one round waits in
+    /// memory.
+    pub async fn run<Q: BatchQueue>(self, queue: Q, shutdown: watch::Receiver<bool>) {
         tracing::info!("insights processor started");
+        let mut gather_shutdown = shutdown.clone();
+        let mut write_shutdown = shutdown.clone();
+        let mut batches = self.gather(&queue, &mut gather_shutdown).await;
         loop {
-            let batches = self.gather(&queue, &mut shutdown).await;
             if batches.is_empty() {
                 if stopping(&shutdown) {
                     break;
                 }
+                batches = self.gather(&queue, &mut gather_shutdown).await;
                 continue;
             }
-            if !self.write_until_done(&batches, &mut shutdown).await {
+            if !self.options.prefetch {
+                if !self.write_and_ack(&queue, batches, &mut write_shutdown).await {
+                    break;
+                }
+                batches = Vec::new();
+                continue;
+            }
+            let (done, next) = tokio::join!(
+                self.write_and_ack(&queue, batches, &mut write_shutdown),
+                self.gather(&queue, &mut gather_shutdown)
+            );
+            if !done {
+                // `next` stays unacknowledged: delivered again after a restart.
                 break;
             }
-            let ids: Vec<Q::Id> = batches.into_iter().map(|b| b.id).collect();
-            if let Err(e) = queue.ack(ids).await {
-                // They are delivered again and skipped as duplicates.
-                tracing::warn!(error = %e, "acknowledging processed event batches failed");
-            }
+            batches = next;
         }
         tracing::info!("insights processor stopped");
+    }
+
+    /// Writes a round until it succeeds, then acknowledges it; false when shutdown came first.
+    async fn write_and_ack<Q: BatchQueue>(
+        &self,
+        queue: &Q,
+        batches: Vec<InputBatch<Q::Id>>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        if !self.write_until_done(queue, &batches, shutdown).await {
+            return false;
+        }
+        let (deleted, ids): (Vec<Q::Id>, Vec<Q::Id>) =
+            batches.into_iter().map(|b| b.id).partition(|id| queue.queue_row(&self.store, id).is_some());
+        if !deleted.is_empty() {
+            queue.acknowledge_deleted(deleted).await;
+        }
+        if !ids.is_empty()
+            && let Err(e) = queue.ack(ids).await
+        {
+            // They are delivered again and skipped as duplicates.
+            tracing::warn!(error = %e, "acknowledging processed event batches failed");
+        }
+        true
     }
 
     async fn gather<Q: BatchQueue>(&self, queue: &Q, shutdown: &mut watch::Receiver<bool>) -> Vec<InputBatch<Q::Id>> {
@@ -451,14 +541,15 @@ impl Processor {
     }
 
     /// Writes until it succeeds (true) or shutdown comes first (false).
-    async fn write_until_done<Id: std::fmt::Display>(
+    async fn write_until_done<Q: BatchQueue>(
         &self,
-        batches: &[InputBatch<Id>],
+        queue: &Q,
+        batches: &[InputBatch<Q::Id>],
         shutdown: &mut watch::Receiver<bool>,
     ) -> bool {
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.process(batches).await {
+            match self.process_dequeuing(batches, |b| queue.queue_row(&self.store, &b.id)).await {
                 Ok(_) => return true,
                 Err(e) => {
                     tracing::warn!(error = %e, batches = batches.len(), "writing insights failed; retrying");
@@ -577,5 +668,19 @@ impl BatchQueue for EventQueue {
     async fn ack(&self, ids: Vec<QueueId>) -> Result<(), QueueError> {
         let seqs: Vec<u64> = ids.into_iter().map(|i| i.seq).collect();
         Ok(self.queue.ack(&seqs).await?)
+    }
+
+    fn queue_row(&self, store: &Store, id: &QueueId) -> Option<i64> {
+        match &self.queue {
+            pennant_events::Queue::Embedded(q) if q.stored_in(store) => i64::try_from(id.seq).ok(),
+            _ => None,
+        }
+    }
+
+    async fn acknowledge_deleted(&self, ids: Vec<QueueId>) {
+        if let pennant_events::Queue::Embedded(q) = &self.queue {
+            let seqs: Vec<u64> = ids.into_iter().map(|i| i.seq).collect();
+            q.acknowledge_deleted(&seqs).await;
+        }
     }
 }

@@ -149,6 +149,11 @@ impl Store {
         Ok(())
     }
 
+    /// Whether both handles are clones of one opened store (one pool, one write lock).
+    pub fn same_store(&self, other: &Store) -> bool {
+        Arc::ptr_eq(&self.changes, &other.changes)
+    }
+
     /// Closes the pool (waits for connections to be returned).
     pub async fn close(&self) {
         self.pool.close().await;

@@ -46,6 +46,24 @@ pub struct QueueRow {
 /// Rows deleted per statement.
 const DELETE_CHUNK: usize = 500;
 
+/// The statements deleting these queue rows, bound (built before a transaction begins).
+pub(crate) fn delete_statements(
+    backend: Backend,
+    ids: &[i64],
+) -> Vec<sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>> {
+    ids.chunks(DELETE_CHUNK)
+        .map(|chunk| {
+            // Anonymous parameters on SQLite: sqlx looks numbered ones up by name, a linear scan each.
+            let placeholders: Vec<String> = match backend {
+                Backend::Sqlite => vec!["?".to_owned(); chunk.len()],
+                Backend::Postgres => (1..=chunk.len()).map(|i| format!("${i}")).collect(),
+            };
+            let sql = format!("DELETE FROM event_queue WHERE id IN ({})", placeholders.join(", "));
+            chunk.iter().fold(sqlx::query(sqlx::AssertSqlSafe(sql)), |q, id| q.bind(*id))
+        })
+        .collect()
+}
+
 impl Store {
     /// Inserts batches in one transaction (group commit) and returns their IDs in order.
     pub async fn event_queue_insert(&self, rows: &[NewQueueRow<'_>]) -> Result<Vec<i64>> {
@@ -103,19 +121,10 @@ impl Store {
         if ids.is_empty() {
             return Ok(0);
         }
+        let statements = delete_statements(self.backend(), ids);
         let mut tx = self.begin(&Actor::system("event-queue")).await?;
         let mut deleted = 0;
-        for chunk in ids.chunks(DELETE_CHUNK) {
-            // Anonymous parameters on SQLite: sqlx looks numbered ones up by name, a linear scan each.
-            let placeholders: Vec<String> = match self.backend() {
-                Backend::Sqlite => vec!["?".to_owned(); chunk.len()],
-                Backend::Postgres => (1..=chunk.len()).map(|i| format!("${i}")).collect(),
-            };
-            let sql = format!("DELETE FROM event_queue WHERE id IN ({})", placeholders.join(", "));
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for id in chunk {
-                query = query.bind(*id);
-            }
+        for query in statements {
             deleted += query.execute(&mut *tx.tx).await?.rows_affected();
         }
         tx.commit().await?;

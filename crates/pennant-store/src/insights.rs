@@ -14,6 +14,7 @@
 //! coming partitions ahead and drops partitions older than the retention; the writer also creates a missing
 //! partition on demand (old or future-dated events). On SQLite expired rows are deleted.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
@@ -467,85 +468,54 @@ fn tsquery(words: &str) -> String {
     words.split(' ').filter(|w| !w.is_empty()).map(|w| format!("{w}:*")).collect::<Vec<_>>().join(" & ")
 }
 
-type CountKey = (String, String, String, i64, i64);
+type CountKey<'a> = (&'a str, &'a str, &'a str, i64, i64);
 
-impl Store {
-    /// Writes many batches' contributions in one transaction with their idempotence markers, skipping batches
-    /// processed before (and repeats of one marker within `batches`). Counts of the remaining batches are merged
-    /// (write coalescing) and added to the minute, hour and day rows.
-    pub async fn write_insights(&self, batches: &[BatchInsights]) -> Result<InsightsWritten> {
-        let mut report = InsightsWritten::default();
-        let mut seen = HashSet::new();
-        let mut unique: Vec<&BatchInsights> = Vec::with_capacity(batches.len());
+/// A statement with its parameters bound, ready to run in a transaction.
+type BoundQuery = sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// Everything one [`Store::write_insights`] transaction writes after the markers, built before it begins.
+struct PreparedInsights {
+    statements: Vec<BoundQuery>,
+    count_rows: usize,
+    evaluations: i64,
+    contexts: usize,
+    custom_events: usize,
+}
+
+impl PreparedInsights {
+    /// Coalesces the batches' contributions (counts summed per flag, variation and bucket, each flag's newest
+    /// evaluation, each context's newest sighting) and binds the statements that write them.
+    fn new(backend: Backend, batches: &[&BatchInsights]) -> Result<PreparedInsights> {
+        let mut statements = Vec::new();
+        let mut evaluations = 0;
+        let mut counts: HashMap<CountKey<'_>, i64> = HashMap::new();
+        let mut flag_seen: HashMap<(&str, &str, &str), i64> = HashMap::new();
+        let mut contexts: HashMap<(&str, &str, &str, &str), &ContextUpsert> = HashMap::new();
         for b in batches {
-            if seen.insert(b.marker.as_str()) {
-                unique.push(b);
-            } else {
-                report.duplicates += 1;
-            }
-        }
-        if unique.is_empty() {
-            return Ok(report);
-        }
-        if self.backend() == Backend::Postgres {
-            let mut buckets: Vec<i64> = unique.iter().flat_map(|b| b.counts.keys().map(|k| k.2)).collect();
-            buckets.sort_unstable();
-            buckets.dedup();
-            self.ensure_partitions(&buckets).await?;
-        }
-        let now = crate::now_ms();
-        let mut tx = self.begin(&processor_actor()).await?;
-
-        // Markers first: the batches whose marker goes in are the new ones.
-        let mut fresh: HashSet<String> = HashSet::new();
-        for chunk in unique.chunks(CHUNK) {
-            let sql = format!(
-                "INSERT INTO insights_processed (marker, processed_at) VALUES {} ON CONFLICT (marker) DO NOTHING \
-                 RETURNING marker",
-                placeholders(self.backend(), chunk.len(), 2)
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for b in chunk {
-                q = q.bind(b.marker.clone()).bind(now);
-            }
-            for r in q.fetch_all(&mut *tx.tx).await? {
-                fresh.insert(r.try_get::<String, _>(0)?);
-            }
-        }
-        let new: Vec<&BatchInsights> = unique.into_iter().filter(|b| fresh.contains(&b.marker)).collect();
-        report.duplicates += seen.len() - new.len();
-        report.batches = new.len();
-        if new.is_empty() {
-            tx.commit().await?;
-            return Ok(report);
-        }
-
-        // Coalesce.
-        let mut counts: HashMap<CountKey, i64> = HashMap::new();
-        let mut flag_seen: HashMap<(String, String, String), i64> = HashMap::new();
-        let mut contexts: HashMap<(String, String, String, String), &ContextUpsert> = HashMap::new();
-        for b in &new {
+            let (p, e) = (b.project.as_str(), b.env.as_str());
             for ((flag, variation, minute), n) in &b.counts {
-                *counts.entry((b.project.clone(), b.env.clone(), flag.clone(), *variation, *minute)).or_insert(0) += n;
-                report.evaluations += n;
+                *counts.entry((p, e, flag, *variation, *minute)).or_insert(0) += n;
+                evaluations += n;
             }
             for (flag, ts) in &b.flag_seen {
-                let e = flag_seen.entry((b.project.clone(), b.env.clone(), flag.clone())).or_insert(*ts);
-                *e = (*e).max(*ts);
+                let seen = flag_seen.entry((p, e, flag)).or_insert(*ts);
+                *seen = (*seen).max(*ts);
             }
             for c in b.contexts.values() {
-                let k = (b.project.clone(), b.env.clone(), c.kind.clone(), c.key.clone());
-                match contexts.get(&k) {
-                    Some(old) if old.seen_at > c.seen_at => {}
-                    _ => {
-                        contexts.insert(k, c);
+                match contexts.entry((p, e, &c.kind, &c.key)) {
+                    Entry::Occupied(old) if old.get().seen_at > c.seen_at => {}
+                    Entry::Occupied(mut old) => {
+                        old.insert(c);
+                    }
+                    Entry::Vacant(v) => {
+                        v.insert(c);
                     }
                 }
             }
         }
-        report.count_rows = counts.len();
+        let count_rows = counts.len();
         for g in [Granularity::Minute, Granularity::Hour, Granularity::Day] {
-            let mut rolled: HashMap<(&str, &str, &str, i64, i64), i64> = HashMap::new();
+            let mut rolled: HashMap<CountKey<'_>, i64> = HashMap::new();
             for ((p, e, f, v, minute), n) in &counts {
                 *rolled.entry((p, e, f, *v, g.bucket(*minute))).or_insert(0) += n;
             }
@@ -555,13 +525,13 @@ impl Store {
                 let sql = format!(
                     "INSERT INTO {table} (project, env, flag, variation, bucket, count) VALUES {} ON CONFLICT \
                      (project, env, flag, bucket, variation) DO UPDATE SET count = {table}.count + excluded.count",
-                    placeholders(self.backend(), chunk.len(), 6)
+                    placeholders(backend, chunk.len(), 6)
                 );
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                 for ((p, e, f, v, bucket), n) in chunk {
                     q = q.bind(p.to_string()).bind(e.to_string()).bind(f.to_string()).bind(*v).bind(*bucket).bind(*n);
                 }
-                q.execute(&mut *tx.tx).await?;
+                statements.push(q);
             }
         }
         let seen_rows: Vec<_> = flag_seen.into_iter().collect();
@@ -570,16 +540,15 @@ impl Store {
                 "INSERT INTO insights_flag_seen (project, env, flag, last_seen) VALUES {} ON CONFLICT (project, env, \
                  flag) DO UPDATE SET last_seen = excluded.last_seen WHERE excluded.last_seen > \
                  insights_flag_seen.last_seen",
-                placeholders(self.backend(), chunk.len(), 4)
+                placeholders(backend, chunk.len(), 4)
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for ((p, e, f), ts) in chunk {
-                q = q.bind(p.clone()).bind(e.clone()).bind(f.clone()).bind(*ts);
+                q = q.bind(p.to_string()).bind(e.to_string()).bind(f.to_string()).bind(*ts);
             }
-            q.execute(&mut *tx.tx).await?;
+            statements.push(q);
         }
         let ctx_rows: Vec<_> = contexts.into_iter().collect();
-        report.contexts = ctx_rows.len();
         for chunk in ctx_rows.chunks(CHUNK) {
             let sql = format!(
                 "INSERT INTO insights_contexts (project, env, kind, key, name, attributes, redacted, search_text, \
@@ -587,13 +556,13 @@ impl Store {
                  excluded.name, attributes = excluded.attributes, redacted = excluded.redacted, search_text = \
                  excluded.search_text, last_seen = excluded.last_seen WHERE excluded.last_seen >= \
                  insights_contexts.last_seen",
-                placeholders(self.backend(), chunk.len(), 10)
+                placeholders(backend, chunk.len(), 10)
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for ((p, e, _, _), c) in chunk {
                 q = q
-                    .bind(p.clone())
-                    .bind(e.clone())
+                    .bind(p.to_string())
+                    .bind(e.to_string())
                     .bind(c.kind.clone())
                     .bind(c.key.clone())
                     .bind(c.name.clone())
@@ -603,16 +572,15 @@ impl Store {
                     .bind(c.seen_at)
                     .bind(c.seen_at);
             }
-            q.execute(&mut *tx.tx).await?;
+            statements.push(q);
         }
         let custom: Vec<(&BatchInsights, &CustomEventRecord)> =
-            new.iter().flat_map(|b| b.custom.iter().map(move |c| (*b, c))).collect();
-        report.custom_events = custom.len();
+            batches.iter().flat_map(|b| b.custom.iter().map(move |c| (*b, c))).collect();
         for chunk in custom.chunks(CHUNK) {
             let sql = format!(
                 "INSERT INTO insights_custom_events (project, env, key, ts, context_keys, data, metric_value, \
                  received_at) VALUES {}",
-                placeholders(self.backend(), chunk.len(), 8)
+                placeholders(backend, chunk.len(), 8)
             );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (b, c) in chunk {
@@ -626,9 +594,106 @@ impl Store {
                     .bind(c.metric_value)
                     .bind(b.received_at);
             }
+            statements.push(q);
+        }
+        Ok(PreparedInsights {
+            statements,
+            count_rows,
+            evaluations,
+            contexts: ctx_rows.len(),
+            custom_events: custom.len(),
+        })
+    }
+}
+
+impl Store {
+    /// Writes many batches' contributions in one transaction with their idempotence markers, skipping batches
+    /// processed before (and repeats of one marker within `batches`). Counts of the remaining batches are merged
+    /// (write coalescing) and added to the minute, hour and day rows.
+    ///
+    /// The statements are built before the transaction begins, on the guess that every batch is new (the usual
+    /// case): on SQLite the transaction holds the store's one write lock, which the front door's queue inserts
+    /// wait for, so only the statements run under it. When the markers show that some batches were processed
+    /// before (a redelivery), the statements are built again, in the transaction, for the new ones only.
+    pub async fn write_insights(&self, batches: &[BatchInsights]) -> Result<InsightsWritten> {
+        self.write_insights_dequeuing(batches, &[]).await
+    }
+
+    /// [`Store::write_insights`], also deleting these rows of the embedded event queue (`event_queue`, the
+    /// batches the insights come from) in the same transaction: a batch leaves the queue exactly when its
+    /// contribution commits, without an acknowledgement transaction of its own (on SQLite a commit is a sync of
+    /// the log, with the one write lock held).
+    pub async fn write_insights_dequeuing(
+        &self,
+        batches: &[BatchInsights],
+        queue_rows: &[i64],
+    ) -> Result<InsightsWritten> {
+        let mut report = InsightsWritten::default();
+        let mut seen = HashSet::new();
+        let mut unique: Vec<&BatchInsights> = Vec::with_capacity(batches.len());
+        for b in batches {
+            if seen.insert(b.marker.as_str()) {
+                unique.push(b);
+            } else {
+                report.duplicates += 1;
+            }
+        }
+        if unique.is_empty() && queue_rows.is_empty() {
+            return Ok(report);
+        }
+        if self.backend() == Backend::Postgres {
+            let mut buckets: Vec<i64> = unique.iter().flat_map(|b| b.counts.keys().map(|k| k.2)).collect();
+            buckets.sort_unstable();
+            buckets.dedup();
+            self.ensure_partitions(&buckets).await?;
+        }
+        let now = crate::now_ms();
+        let mut markers = Vec::with_capacity(unique.len().div_ceil(CHUNK));
+        for chunk in unique.chunks(CHUNK) {
+            let sql = format!(
+                "INSERT INTO insights_processed (marker, processed_at) VALUES {} ON CONFLICT (marker) DO NOTHING \
+                 RETURNING marker",
+                placeholders(self.backend(), chunk.len(), 2)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for b in chunk {
+                q = q.bind(b.marker.clone()).bind(now);
+            }
+            markers.push(q);
+        }
+        let mut prepared = PreparedInsights::new(self.backend(), &unique)?;
+        let dequeue = crate::event_queue::delete_statements(self.backend(), queue_rows);
+
+        let mut tx = self.begin(&processor_actor()).await?;
+        for q in dequeue {
+            q.execute(&mut *tx.tx).await?;
+        }
+        // Markers first: the batches whose marker goes in are the new ones.
+        let mut fresh: HashSet<String> = HashSet::with_capacity(unique.len());
+        for q in markers {
+            for r in q.fetch_all(&mut *tx.tx).await? {
+                fresh.insert(r.try_get::<String, _>(0)?);
+            }
+        }
+        let total = unique.len();
+        let new: Vec<&BatchInsights> = unique.into_iter().filter(|b| fresh.contains(&b.marker)).collect();
+        report.duplicates += total - new.len();
+        report.batches = new.len();
+        if new.is_empty() {
+            tx.commit().await?;
+            return Ok(report);
+        }
+        if new.len() < total {
+            prepared = PreparedInsights::new(self.backend(), &new)?;
+        }
+        for q in prepared.statements {
             q.execute(&mut *tx.tx).await?;
         }
         tx.commit().await?;
+        report.count_rows = prepared.count_rows;
+        report.evaluations = prepared.evaluations;
+        report.contexts = prepared.contexts;
+        report.custom_events = prepared.custom_events;
         Ok(report)
     }
 

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -68,6 +69,26 @@ pub struct ServeArgs {
     /// Most bytes of analytics batches waiting in the queue (embedded queue and JetStream stream).
     #[arg(long, env = "PENNANT_EVENTS_QUEUE_MAX_BYTES")]
     pub events_queue_max_bytes: Option<u64>,
+    /// Most queued analytics batches an event processor takes in one round (written, then acknowledged).
+    #[arg(long, env = "PENNANT_EVENTS_PROCESSOR_MAX_BATCHES")]
+    pub events_processor_max_batches: Option<usize>,
+    /// Most analytics events an event processor writes in one transaction. On the embedded store the front door's
+    /// queue inserts wait for that transaction, so this bounds their latency.
+    #[arg(long, env = "PENNANT_EVENTS_PROCESSOR_MAX_EVENTS")]
+    pub events_processor_max_events: Option<usize>,
+    /// Milliseconds an event processor waits for more batches after the first of a round before writing.
+    #[arg(long, env = "PENNANT_EVENTS_PROCESSOR_FLUSH_MS")]
+    pub events_processor_flush_ms: Option<u64>,
+    /// Seconds within which an unchanged context is not written to the contexts index again (its last-seen time
+    /// moves in steps of about this much; 0 writes every sighting).
+    #[arg(long, env = "PENNANT_EVENTS_CONTEXT_REFRESH_SECONDS")]
+    pub events_context_refresh_seconds: Option<u64>,
+    /// How many recently written contexts an event processor remembers for the refresh window (0: none).
+    #[arg(long, env = "PENNANT_EVENTS_CONTEXT_CACHE")]
+    pub events_context_cache: Option<usize>,
+    /// Whether an event processor pulls its next round while it writes the current one.
+    #[arg(long, env = "PENNANT_EVENTS_PROCESSOR_PREFETCH", num_args = 0..=1, default_missing_value = "true")]
+    pub events_processor_prefetch: Option<bool>,
 }
 
 /// What a `pennant serve` process runs.
@@ -122,6 +143,12 @@ struct FileConfig {
     events_max_body_bytes: Option<usize>,
     events_queue_max_batches: Option<u64>,
     events_queue_max_bytes: Option<u64>,
+    events_processor_max_batches: Option<usize>,
+    events_processor_max_events: Option<usize>,
+    events_processor_flush_ms: Option<u64>,
+    events_context_refresh_seconds: Option<u64>,
+    events_context_cache: Option<usize>,
+    events_processor_prefetch: Option<bool>,
 }
 
 /// Validated settings.
@@ -163,6 +190,40 @@ pub struct ServeConfig {
     pub events_queue_max_batches: u64,
     /// Queue bound, in bytes.
     pub events_queue_max_bytes: u64,
+    /// How the event processors batch their writes and remember contexts.
+    pub events_processor: ProcessorSettings,
+}
+
+/// The event processors' settings (see `pennant_insights::ProcessorOptions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessorSettings {
+    /// Batches per round.
+    pub max_batches: usize,
+    /// Events per transaction.
+    pub max_events: usize,
+    /// Wait for more batches after the first of a round.
+    pub flush_interval: Duration,
+    /// Window within which an unchanged context is not written again.
+    pub context_refresh: Duration,
+    /// Contexts remembered for that window.
+    pub context_cache: usize,
+    /// Pull the next round while writing the current one.
+    pub prefetch: bool,
+}
+
+impl ProcessorSettings {
+    /// The processor's options (the others at their defaults).
+    pub fn options(&self) -> pennant_insights::ProcessorOptions {
+        pennant_insights::ProcessorOptions {
+            max_batches: self.max_batches,
+            max_events: self.max_events,
+            flush_interval: self.flush_interval,
+            context_refresh: self.context_refresh,
+            context_cache: self.context_cache,
+            prefetch: self.prefetch,
+            ..pennant_insights::ProcessorOptions::default()
+        }
+    }
 }
 
 /// A configuration that cannot be used, with what to change.
@@ -203,6 +264,8 @@ impl ServeArgs {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        // Before the other settings move their values out of `file`.
+        let events_processor = self.processor_settings(&file)?;
         let listen_text = self.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:8030".into());
         let listen = listen_text.parse::<SocketAddr>().map_err(|_| ConfigError::Invalid {
             setting: "--listen",
@@ -361,6 +424,7 @@ impl ServeArgs {
             events_max_body_bytes,
             events_queue_max_batches,
             events_queue_max_bytes,
+            events_processor,
             reuse_port,
             nats_url,
             redis_url,
@@ -375,6 +439,66 @@ impl ServeArgs {
             rate_limit_burst,
             shutdown_grace_seconds,
             log,
+        })
+    }
+}
+
+impl ServeArgs {
+    fn processor_settings(&self, file: &FileConfig) -> Result<ProcessorSettings, ConfigError> {
+        let defaults = pennant_insights::ProcessorOptions::default();
+        let max_batches =
+            self.events_processor_max_batches.or(file.events_processor_max_batches).unwrap_or(defaults.max_batches);
+        if !(1..=10_000).contains(&max_batches) {
+            return Err(ConfigError::Invalid {
+                setting: "--events-processor-max-batches",
+                value: max_batches.to_string(),
+                reason: "must be between 1 and 10000",
+            });
+        }
+        let max_events =
+            self.events_processor_max_events.or(file.events_processor_max_events).unwrap_or(defaults.max_events);
+        if !(1..=1_000_000).contains(&max_events) {
+            return Err(ConfigError::Invalid {
+                setting: "--events-processor-max-events",
+                value: max_events.to_string(),
+                reason: "must be between 1 and 1000000",
+            });
+        }
+        let default_flush_ms = u64::try_from(defaults.flush_interval.as_millis()).unwrap_or(u64::MAX);
+        let flush_ms = self.events_processor_flush_ms.or(file.events_processor_flush_ms).unwrap_or(default_flush_ms);
+        if !(1..=60_000).contains(&flush_ms) {
+            return Err(ConfigError::Invalid {
+                setting: "--events-processor-flush-ms",
+                value: flush_ms.to_string(),
+                reason: "must be between 1 and 60000",
+            });
+        }
+        let refresh = self
+            .events_context_refresh_seconds
+            .or(file.events_context_refresh_seconds)
+            .unwrap_or(defaults.context_refresh.as_secs());
+        if refresh > 86_400 {
+            return Err(ConfigError::Invalid {
+                setting: "--events-context-refresh-seconds",
+                value: refresh.to_string(),
+                reason: "must be between 0 (write every sighting) and 86400",
+            });
+        }
+        let context_cache = self.events_context_cache.or(file.events_context_cache).unwrap_or(defaults.context_cache);
+        if context_cache > 100_000_000 {
+            return Err(ConfigError::Invalid {
+                setting: "--events-context-cache",
+                value: context_cache.to_string(),
+                reason: "must be between 0 (remember none) and 100000000",
+            });
+        }
+        Ok(ProcessorSettings {
+            max_batches,
+            max_events,
+            flush_interval: Duration::from_millis(flush_ms),
+            context_refresh: Duration::from_secs(refresh),
+            context_cache,
+            prefetch: self.events_processor_prefetch.or(file.events_processor_prefetch).unwrap_or(defaults.prefetch),
         })
     }
 }
@@ -407,6 +531,29 @@ mod tests {
             (c.events_max_body_bytes, c.events_queue_max_batches, c.events_queue_max_bytes),
             (8 << 20, 100_000, 1 << 30)
         );
+        let p = c.events_processor;
+        assert_eq!((p.max_batches, p.max_events, p.flush_interval), (100, 2_000, Duration::from_millis(200)));
+        assert_eq!((p.context_refresh, p.context_cache), (Duration::from_secs(60), 250_000));
+        assert_eq!(p.options(), pennant_insights::ProcessorOptions::default());
+    }
+
+    #[test]
+    fn processor_settings_come_from_the_file_and_flags() {
+        let dir = std::env::temp_dir().join(format!("pennant-config-processor-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pennant.toml");
+        std::fs::write(
+            &file,
+            "events_processor_max_batches = 50\nevents_processor_max_events = 500\nevents_processor_flush_ms = 20\n\
+             events_context_refresh_seconds = 0\nevents_context_cache = 7\nevents_processor_prefetch = false\n",
+        )
+        .unwrap();
+        let a = ServeArgs { config: Some(file), events_processor_max_events: Some(900), ..args() };
+        let o = a.resolve().unwrap().events_processor.options();
+        assert_eq!((o.max_batches, o.max_events, o.flush_interval), (50, 900, Duration::from_millis(20)));
+        assert_eq!((o.context_refresh, o.context_cache, o.prefetch), (Duration::ZERO, 7, false));
+        assert_eq!(o.idle_wait, pennant_insights::ProcessorOptions::default().idle_wait);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -453,6 +600,14 @@ mod tests {
             (ServeArgs { events_max_body_bytes: Some(128 << 20), ..args() }, "--events-max-body-bytes"),
             (ServeArgs { events_queue_max_batches: Some(0), ..args() }, "--events-queue-max-batches"),
             (ServeArgs { events_queue_max_bytes: Some(4096), ..args() }, "--events-queue-max-bytes"),
+            (ServeArgs { events_processor_max_batches: Some(0), ..args() }, "--events-processor-max-batches"),
+            (ServeArgs { events_processor_max_batches: Some(10_001), ..args() }, "--events-processor-max-batches"),
+            (ServeArgs { events_processor_max_events: Some(0), ..args() }, "--events-processor-max-events"),
+            (ServeArgs { events_processor_max_events: Some(1_000_001), ..args() }, "--events-processor-max-events"),
+            (ServeArgs { events_processor_flush_ms: Some(0), ..args() }, "--events-processor-flush-ms"),
+            (ServeArgs { events_processor_flush_ms: Some(60_001), ..args() }, "--events-processor-flush-ms"),
+            (ServeArgs { events_context_refresh_seconds: Some(86_401), ..args() }, "--events-context-refresh-seconds"),
+            (ServeArgs { events_context_cache: Some(100_000_001), ..args() }, "--events-context-cache"),
         ];
         for (a, setting) in cases {
             let err = a.resolve().unwrap_err();

@@ -160,7 +160,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         tasks.push(pennant_insights::spawn_processor(
             store.clone(),
             pennant_insights::EventQueue::new(queue, &marker_namespace),
-            pennant_insights::ProcessorOptions::default(),
+            config.events_processor.options(),
             stopping.subscribe(),
         ));
         tasks.push(pennant_insights::spawn_maintenance(
