@@ -143,17 +143,45 @@ impl Drop for Sdk {
     }
 }
 
+/// A management API call that must succeed; returns the body.
+fn api(url: &str, token: &str, method: &str, path: &str, body: Value) -> Value {
+    let (s, b) = request(url, method, path, token, &[], Some(&body));
+    assert!((200..300).contains(&s), "{method} {path}: {s} {b}");
+    b
+}
+
+/// Turns the fixture's `banner` flag on or off in production through the API and waits (up to 5 s) until the SDK
+/// serves `context` (the fixture's staff user) what that means: green when on (its rule), blue when off (the off
+/// variation). Returns the SDK's report (`seconds` waited).
+fn toggle_banner(sdk: &mut Sdk, url: &str, token: &str, context: &Value, on: bool) -> Value {
+    let (kind, value) = if on { ("turnFlagOn", "green") } else { ("turnFlagOff", "blue") };
+    let change = json!({"environmentKey": "production", "instructions": [{"kind": kind}]});
+    api(url, token, "PATCH", "/api/v2/flags/default/banner", change);
+    let waited = sdk.ask(json!({"op": "wait", "flag": "banner", "context": context, "value": value, "timeout": 5}));
+    assert_eq!(waited["value"], json!(value), "the SDK never saw the change");
+    waited
+}
+
+/// Polls the insights API (30 s at most) until `flag`'s evaluations in production reach `at_least`: the SDK flushes
+/// in the background and the processors make counts queryable a moment later. Returns the last answer.
+fn evaluations(url: &str, token: &str, flag: &str, at_least: i64) -> Value {
+    let path = format!("/api/v2/insights/default/production/flags/{flag}/evaluations?granularity=minute");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, body) = request(url, "GET", &path, token, &[], None);
+        assert_eq!(s, 200, "{body}");
+        if body["total"].as_i64().unwrap_or(0) >= at_least || Instant::now() > deadline {
+            return body;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn launchdarkly_python_sdk_streams_and_polls_from_pennant() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&["--data-dir", dir.path().to_str().unwrap()]);
     let SdkFixture { url, token, sdk_key, contexts, expected } = SdkFixture::create(&server);
-    let api = |method: &str, path: &str, body: Value| {
-        let (s, b) = request(&url, method, path, &token, &[], Some(&body));
-        assert!((200..300).contains(&s), "{method} {path}: {s} {b}");
-        b
-    };
-
     for mode in ["stream", "poll"] {
         let mut sdk = Sdk::start(&url, &sdk_key, mode);
         let got = sdk.ask(json!({"op": "eval", "flag": "banner", "contexts": contexts}));
@@ -161,24 +189,10 @@ fn launchdarkly_python_sdk_streams_and_polls_from_pennant() {
         if mode == "stream" {
             // A change through the REST API reaches the streaming SDK within a second.
             let started = Instant::now();
-            api(
-                "PATCH",
-                "/api/v2/flags/default/banner",
-                json!({"environmentKey": "production", "instructions": [{"kind": "turnFlagOff"}]}),
-            );
-            let waited =
-                sdk.ask(json!({"op": "wait", "flag": "banner", "context": contexts[1], "value": "blue", "timeout": 5}));
-            assert_eq!(waited["value"], json!("blue"), "the SDK never saw the change");
+            let waited = toggle_banner(&mut sdk, &url, &token, &contexts[1], false);
             assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
             assert!(waited["seconds"].as_f64().unwrap() < 1.0, "{waited}");
-            api(
-                "PATCH",
-                "/api/v2/flags/default/banner",
-                json!({"environmentKey": "production", "instructions": [{"kind": "turnFlagOn"}]}),
-            );
-            let waited = sdk
-                .ask(json!({"op": "wait", "flag": "banner", "context": contexts[1], "value": "green", "timeout": 5}));
-            assert_eq!(waited["value"], json!("green"));
+            toggle_banner(&mut sdk, &url, &token, &contexts[1], true);
         }
     }
     assert!(server.stop().success());
@@ -212,24 +226,8 @@ fn launchdarkly_python_sdk_events_reach_insights() {
     assert_eq!(tracked["tracked"], true);
     assert_eq!(sdk.ask(json!({"op": "flush"}))["flushed"], true);
 
-    // The SDK flushes in the background; poll with a deadline until the processors made the counts queryable.
+    let evaluations = evaluations(&url, &token, "checkout", 12);
     let insights = "/api/v2/insights/default/production";
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let evaluations = loop {
-        let (s, body) = request(
-            &url,
-            "GET",
-            &format!("{insights}/flags/checkout/evaluations?granularity=minute"),
-            &token,
-            &[],
-            None,
-        );
-        assert_eq!(s, 200, "{body}");
-        if body["total"].as_i64().unwrap_or(0) >= 12 || Instant::now() > deadline {
-            break body;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
     assert_eq!(evaluations["total"], 12, "every evaluation counted once: {evaluations}");
     let (_, contexts_found) = request(&url, "GET", &format!("{insights}/contexts?q=shopper-3"), &token, &[], None);
     let items = contexts_found["items"].as_array().unwrap();
@@ -254,16 +252,8 @@ fn launchdarkly_python_sdk_through_a_relay() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&["--data-dir", dir.path().join("server").to_str().unwrap()]);
     let SdkFixture { url, token, sdk_key, contexts, expected } = SdkFixture::create(&server);
-    let api = |method: &str, path: &str, body: Value| {
-        let (s, b) = request(&url, method, path, &token, &[], Some(&body));
-        assert!((200..300).contains(&s), "{method} {path}: {s} {b}");
-        b
-    };
-    api(
-        "POST",
-        "/api/v2/flags/default",
-        json!({"key": "checkout", "name": "Checkout", "variations": [{"value": true}, {"value": false}]}),
-    );
+    let checkout = json!({"key": "checkout", "name": "Checkout", "variations": [{"value": true}, {"value": false}]});
+    api(&url, &token, "POST", "/api/v2/flags/default", checkout);
     let relay_dir = dir.path().join("relay");
     let relay_args =
         ["--upstream", url.as_str(), "--sdk-key", sdk_key.as_str(), "--data-dir", relay_dir.to_str().unwrap()];
@@ -274,38 +264,15 @@ fn launchdarkly_python_sdk_through_a_relay() {
     let mut sdk = Sdk::start_with(&relay.url, &sdk_key, "stream", "events");
     let got = sdk.ask(json!({"op": "eval", "flag": "banner", "contexts": contexts}));
     assert_eq!(got, Value::Array(expected.clone()));
-    api(
-        "PATCH",
-        "/api/v2/flags/default/banner",
-        json!({"environmentKey": "production", "instructions": [{"kind": "turnFlagOff"}]}),
-    );
-    let waited =
-        sdk.ask(json!({"op": "wait", "flag": "banner", "context": contexts[1], "value": "blue", "timeout": 5}));
-    assert_eq!(waited["value"], json!("blue"), "the SDK never saw the change through the relay");
+    let waited = toggle_banner(&mut sdk, &url, &token, &contexts[1], false);
     assert!(waited["seconds"].as_f64().unwrap() < 1.0, "{waited}");
-    api(
-        "PATCH",
-        "/api/v2/flags/default/banner",
-        json!({"environmentKey": "production", "instructions": [{"kind": "turnFlagOn"}]}),
-    );
-    let waited =
-        sdk.ask(json!({"op": "wait", "flag": "banner", "context": contexts[1], "value": "green", "timeout": 5}));
-    assert_eq!(waited["value"], json!("green"));
+    toggle_banner(&mut sdk, &url, &token, &contexts[1], true);
 
     // Its analytics events go through the relay to the upstream's pipeline and are counted there.
     let shoppers: Vec<Value> = (0..9).map(|i| json!({"kind": "user", "key": format!("shopper-{i}")})).collect();
     sdk.ask(json!({"op": "eval", "flag": "checkout", "contexts": shoppers}));
     assert_eq!(sdk.ask(json!({"op": "flush"}))["flushed"], true);
-    let path = "/api/v2/insights/default/production/flags/checkout/evaluations?granularity=minute";
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let evaluations = loop {
-        let (s, body) = request(&url, "GET", path, &token, &[], None);
-        assert_eq!(s, 200, "{body}");
-        if body["total"].as_i64().unwrap_or(0) >= 9 || Instant::now() > deadline {
-            break body;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let evaluations = evaluations(&url, &token, "checkout", 9);
     assert_eq!(evaluations["total"], 9, "every evaluation counted once: {evaluations}");
     drop(sdk);
 
