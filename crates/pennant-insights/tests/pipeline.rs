@@ -4,6 +4,9 @@
 //! while the current one is written and acknowledged; a processor that lags fills the embedded queue's bound, and
 //! the front door is told to push back until it catches up.
 
+mod common;
+
+use common::until;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -146,14 +149,6 @@ impl BatchQueue for GatedQueue {
             i.acked.insert(id);
         }
         Ok(())
-    }
-}
-
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -2,6 +2,9 @@
 //! The processor on both backends: exact counts, idempotence, a crash between commit and acknowledgement, roll-ups,
 //! the contexts index and search, custom events, and retention.
 
+mod common;
+
+use common::until;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -184,14 +187,6 @@ impl BatchQueue for MemQueue {
             i.acked.insert(id);
         }
         Ok(())
-    }
-}
-
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

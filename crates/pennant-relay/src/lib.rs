@@ -128,9 +128,12 @@ impl Relay {
             };
             let failed = |message: String| RelayError::Environment { name: env.name.clone(), message };
             mirror.add_environment(id.clone(), keys).map_err(|e| failed(e.to_string()))?;
-            let saved_file = config.data_dir.as_deref().map(|dir| saved_payload_path(dir, &env.sdk_key));
+            // An offline environment's file is its saved payload already.
+            let saved_file = (config.data_dir.as_deref())
+                .filter(|_| env.offline_file.is_none())
+                .map(|dir| saved_payload_path(dir, &env.sdk_key));
             let served = watch::Sender::new(false);
-            if let Some(path) = saved_file.as_deref().filter(|_| env.offline_file.is_none())
+            if let Some(path) = saved_file.as_deref()
                 && load_saved(&mirror, &hub, &id, path)
             {
                 served.send_replace(true);
