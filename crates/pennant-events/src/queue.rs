@@ -3,7 +3,8 @@
 //! Two implementations behind one [`Queue`]:
 //! - [`EmbeddedQueue`] (default): batches are rows of the store's `event_queue` table. A writer task inserts all the
 //!   batches waiting at that moment in one transaction and then answers every caller (group commit), so a burst of
-//!   small posts costs one commit. Bounded by batch count and bytes, counting every batch until it is
+//!   small posts costs one commit. Bodies are stored LZ4-compressed (JSON shrinks 5–10x): on SQLite every byte
+//!   a commit writes is written under the store's one write lock, which the insights processor needs too. Bounded by batch count and bytes, counting every batch until it is
 //!   acknowledged (pulled ones too), so a processor that lags fills it: when full, `enqueue` fails with
 //!   [`QueueError::Full`] and the front door answers 503 with `Retry-After`. Delivery is at-least-once: `pull`
 //!   hands out batches after an in-memory cursor, `ack` deletes them; after a restart (or [`EmbeddedQueue::rewind`])
@@ -26,7 +27,7 @@ use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use async_nats::jetstream::stream::{DiscardPolicy, StorageType};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use pennant_store::{NewQueueRow, Store, StoreError};
+use pennant_store::{NewQueueRow, QueueBodyEncoding, Store, StoreError};
 use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 
 /// A batch as the processors receive it.
@@ -187,7 +188,7 @@ pub struct EmbeddedQueue {
 struct EmbeddedInner {
     store: Store,
     config: EmbeddedConfig,
-    writer: mpsc::Sender<(NewBatch, Reply)>,
+    writer: mpsc::Sender<(StoredBatch, Reply)>,
     batches: AtomicU64,
     bytes: AtomicU64,
     arrived: Arc<Notify>,
@@ -228,10 +229,11 @@ impl EmbeddedQueue {
 
     /// Queues a batch; returns once its transaction committed.
     pub async fn enqueue(&self, batch: NewBatch) -> Result<Enqueued, QueueError> {
-        let size = batch.body.len() as u64;
+        let stored = StoredBatch::encode(batch)?;
+        let size = stored.body.len() as u64;
         self.reserve(size)?;
         let (reply, answer) = oneshot::channel();
-        let result = match self.inner.writer.send((batch, reply)).await {
+        let result = match self.inner.writer.send((stored, reply)).await {
             Ok(()) => answer.await.unwrap_or(Err(QueueError::Closed)),
             Err(_) => Err(QueueError::Closed),
         };
@@ -276,6 +278,7 @@ impl EmbeddedQueue {
                     for row in rows {
                         consumer.cursor = consumer.cursor.max(row.id);
                         consumer.in_flight.insert(row.id, row.body.len() as u64);
+                        let body = decode_body(row.id, row.body_encoding, row.body);
                         out.push(QueuedBatch {
                             id: u64::try_from(row.id).unwrap_or(0),
                             project: row.project_key,
@@ -283,7 +286,7 @@ impl EmbeddedQueue {
                             payload_id: row.payload_id,
                             received_at_ms: row.received_at,
                             schema: u8::try_from(row.schema_version).unwrap_or(0),
-                            body: Bytes::from(row.body),
+                            body,
                         });
                     }
                     return Ok(out);
@@ -343,10 +346,65 @@ impl EmbeddedQueue {
     }
 }
 
+/// Bodies shorter than this are stored as they are: compressing them saves little and costs a copy.
+const COMPRESS_FROM_BYTES: usize = 512;
+
+/// Largest body a stored LZ4 header may announce (a corrupt length must not allocate gigabytes). Far above the
+/// front door's body limit.
+const MAX_DECODED_BYTES: usize = 1 << 30;
+
+/// A batch as the writer stores it: its body encoded.
+#[derive(Debug)]
+struct StoredBatch {
+    batch: NewBatch,
+    encoding: QueueBodyEncoding,
+    body: Bytes,
+}
+
+impl StoredBatch {
+    /// Compresses the body (on the caller's task, so that the writer only writes).
+    fn encode(mut batch: NewBatch) -> Result<StoredBatch, QueueError> {
+        if batch.body.len() > MAX_DECODED_BYTES {
+            return Err(QueueError::TooLarge { size: batch.body.len(), limit: MAX_DECODED_BYTES });
+        }
+        let body = std::mem::take(&mut batch.body);
+        if body.len() < COMPRESS_FROM_BYTES {
+            return Ok(StoredBatch { batch, encoding: QueueBodyEncoding::Json, body });
+        }
+        let compressed = lz4_flex::block::compress_prepend_size(&body);
+        Ok(StoredBatch { batch, encoding: QueueBodyEncoding::Lz4, body: Bytes::from(compressed) })
+    }
+}
+
+/// A stored body as the processors want it: the JSON array. A body that does not decompress (a damaged row) is
+/// handed out as stored; the processor then counts the batch as unparseable and acknowledges it, instead of the
+/// queue retrying it forever.
+fn decode_body(id: i64, encoding: QueueBodyEncoding, stored: Vec<u8>) -> Bytes {
+    match encoding {
+        QueueBodyEncoding::Json => Bytes::from(stored),
+        QueueBodyEncoding::Lz4 => {
+            let decoded = lz4_flex::block::uncompressed_size(&stored).and_then(|(size, rest)| {
+                if size > MAX_DECODED_BYTES {
+                    return Err(lz4_flex::block::DecompressError::OutputTooSmall { expected: size, actual: 0 });
+                }
+                lz4_flex::block::decompress(rest, size)
+            });
+            match decoded {
+                Ok(json) => Bytes::from(json),
+                Err(e) => {
+                    tracing::warn!(id, error = %e, "a queued batch's body does not decompress");
+                    metrics::counter!("pennant_events_queue_undecodable_total").increment(1);
+                    Bytes::from(stored)
+                }
+            }
+        }
+    }
+}
+
 /// The group-commit writer: everything waiting goes into one transaction, then every caller is answered.
 async fn write_groups(
     store: Store,
-    mut rx: mpsc::Receiver<(NewBatch, Reply)>,
+    mut rx: mpsc::Receiver<(StoredBatch, Reply)>,
     max_group: usize,
     arrived: Arc<Notify>,
     commits: Arc<AtomicU64>,
@@ -356,11 +414,12 @@ async fn write_groups(
         let rows: Vec<NewQueueRow<'_>> = group
             .iter()
             .map(|(b, _)| NewQueueRow {
-                project_key: &b.project,
-                env_key: &b.env,
-                payload_id: b.payload_id.as_deref(),
-                received_at: b.received_at_ms,
-                schema_version: i32::from(b.schema),
+                project_key: &b.batch.project,
+                env_key: &b.batch.env,
+                payload_id: b.batch.payload_id.as_deref(),
+                received_at: b.batch.received_at_ms,
+                schema_version: i32::from(b.batch.schema),
+                body_encoding: b.encoding,
                 body: &b.body,
             })
             .collect();

@@ -200,7 +200,7 @@ impl Store {
     /// Starts a session; returns the session token (stored as a digest).
     pub async fn create_session(&self, member_id: &str, ttl_ms: i64) -> Result<String> {
         let token = crate::random_secret("ses-");
-        let _guard = self.write_guard().await;
+        let _guard = self.write_guard("access").await;
         sqlx::query("INSERT INTO sessions (token_hash, member_id, expires_at) VALUES ($1, $2, $3)")
             .bind(crate::sha256_hex(&token))
             .bind(member_id.to_owned())
@@ -226,7 +226,7 @@ impl Store {
 
     /// Ends a session.
     pub async fn delete_session(&self, token: &str) -> Result<()> {
-        let _guard = self.write_guard().await;
+        let _guard = self.write_guard("access").await;
         sqlx::query("DELETE FROM sessions WHERE token_hash = $1")
             .bind(crate::sha256_hex(token))
             .execute(&self.pool)
@@ -285,7 +285,7 @@ impl Store {
         if token.last_used.is_some_and(|used| (0..TOKEN_LAST_USED_GRANULARITY_MS).contains(&(now - used))) {
             return Ok(Some(token));
         }
-        let _guard = self.write_guard().await;
+        let _guard = self.write_guard("access").await;
         sqlx::query("UPDATE api_tokens SET last_used = $1 WHERE id = $2")
             .bind(now)
             .bind(token.id.clone())

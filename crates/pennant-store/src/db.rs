@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
@@ -76,6 +76,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "insights", include_str!("../migrations/sqlite/0004_insights.sql")),
     (5, "outbox_env_index", include_str!("../migrations/sqlite/0005_outbox_env_index.sql")),
     (6, "contexts_fts_unchanged", include_str!("../migrations/sqlite/0006_contexts_fts_unchanged.sql")),
+    (7, "event_queue_body_encoding", include_str!("../migrations/sqlite/0007_event_queue_body_encoding.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
@@ -83,6 +84,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "event_queue", include_str!("../migrations/postgres/0003_event_queue.sql")),
     (4, "insights", include_str!("../migrations/postgres/0004_insights.sql")),
     (5, "outbox_env_index", include_str!("../migrations/postgres/0005_outbox_env_index.sql")),
+    (6, "event_queue_body_encoding", include_str!("../migrations/postgres/0006_event_queue_body_encoding.sql")),
 ];
 
 impl Store {
@@ -169,15 +171,22 @@ impl Store {
     /// On SQLite, the lock every write holds. SQLite allows one writer, and a transaction that read before it
     /// writes fails at once ("database is locked") when another connection wrote in between, so even
     /// single-statement writes outside a [`Tx`] take this lock. `None` on PostgreSQL.
-    pub(crate) async fn write_guard(&self) -> Option<OwnedMutexGuard<()>> {
-        match &self.write_lock {
-            Some(lock) => Some(lock.clone().lock_owned().await),
-            None => None,
-        }
+    ///
+    /// `writer` names who waits in the metrics `pennant_store_write_lock_wait_seconds` and
+    /// `pennant_store_write_lock_hold_seconds`: on SQLite every write of every role queues here, so these say
+    /// which writer the others wait for.
+    pub(crate) async fn write_guard(&self, writer: &'static str) -> Option<WriteGuard> {
+        let lock = self.write_lock.as_ref()?;
+        let asked = Instant::now();
+        let guard = lock.clone().lock_owned().await;
+        let acquired = Instant::now();
+        metrics::histogram!("pennant_store_write_lock_wait_seconds", "writer" => writer)
+            .record(acquired.duration_since(asked).as_secs_f64());
+        Some(WriteGuard { _guard: guard, acquired, writer })
     }
 
     pub(crate) async fn begin(&self, actor: &Actor) -> Result<Tx> {
-        let guard = self.write_guard().await;
+        let guard = self.write_guard(writer_name(actor)).await;
         // IMMEDIATE takes SQLite's write lock at BEGIN, where the busy timeout applies. A deferred transaction
         // that reads first and then writes fails at once instead of waiting ("database is locked") while another
         // connection still holds the lock, for example until a dropped transaction's rollback has run on it.
@@ -255,10 +264,38 @@ fn spawn_checkpointer(pool: AnyPool) -> watch::Sender<()> {
     stop
 }
 
+/// The store's write lock, held (SQLite only; see [`Store::write_guard`]). Records how long it was held.
+pub(crate) struct WriteGuard {
+    _guard: OwnedMutexGuard<()>,
+    acquired: Instant,
+    writer: &'static str,
+}
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        metrics::histogram!("pennant_store_write_lock_hold_seconds", "writer" => self.writer)
+            .record(self.acquired.elapsed().as_secs_f64());
+    }
+}
+
+/// The metrics label of a transaction's writer: Pennant's own writers by name (the event queue, the insights
+/// processor, ...), people and tokens as `api`. Static, so that labels stay few.
+fn writer_name(actor: &Actor) -> &'static str {
+    if actor.kind != "system" {
+        return "api";
+    }
+    match actor.name.as_str() {
+        "event-queue" => "event-queue",
+        "insights" => "insights",
+        "webhooks" => "webhooks",
+        _ => "system",
+    }
+}
+
 /// A write transaction. Dropping it without `commit` rolls everything back.
 pub(crate) struct Tx {
     pub(crate) tx: sqlx::Transaction<'static, Any>,
-    _guard: Option<OwnedMutexGuard<()>>,
+    _guard: Option<WriteGuard>,
     pub(crate) actor: Actor,
     pub(crate) now: i64,
     changes: Arc<watch::Sender<Changes>>,
@@ -333,6 +370,7 @@ mod tests {
             payload_id: None,
             received_at: 1,
             schema_version: 4,
+            body_encoding: crate::QueueBodyEncoding::Json,
             body: b"[]",
         };
         let ids = db.store.event_queue_insert(&[row]).await.unwrap();
@@ -358,6 +396,7 @@ mod tests {
                 payload_id: None,
                 received_at: 1,
                 schema_version: 4,
+                body_encoding: crate::QueueBodyEncoding::Json,
                 body: &body,
             })
             .collect();

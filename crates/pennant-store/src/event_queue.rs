@@ -4,8 +4,35 @@
 use sqlx::Row;
 
 use crate::db::{Backend, Store};
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::model::Actor;
+
+/// How a queued body is stored (`event_queue.body_encoding`). The store keeps the bytes as given: the queue
+/// (`pennant-events`) encodes and decodes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueBodyEncoding {
+    /// The JSON array itself.
+    Json,
+    /// The JSON array LZ4-compressed (block format), its uncompressed length prepended (4 bytes, little-endian).
+    Lz4,
+}
+
+impl QueueBodyEncoding {
+    fn as_str(self) -> &'static str {
+        match self {
+            QueueBodyEncoding::Json => "json",
+            QueueBodyEncoding::Lz4 => "lz4",
+        }
+    }
+
+    fn parse(s: &str) -> Result<QueueBodyEncoding> {
+        match s {
+            "json" => Ok(QueueBodyEncoding::Json),
+            "lz4" => Ok(QueueBodyEncoding::Lz4),
+            other => Err(StoreError::Corrupt(format!("unknown event queue body encoding {other:?}"))),
+        }
+    }
+}
 
 /// A batch to insert.
 #[derive(Debug, Clone)]
@@ -20,7 +47,9 @@ pub struct NewQueueRow<'a> {
     pub received_at: i64,
     /// `X-LaunchDarkly-Event-Schema` (0 when absent).
     pub schema_version: i32,
-    /// The decompressed JSON array.
+    /// How `body` is encoded.
+    pub body_encoding: QueueBodyEncoding,
+    /// The JSON array, encoded as `body_encoding` says.
     pub body: &'a [u8],
 }
 
@@ -39,7 +68,9 @@ pub struct QueueRow {
     pub received_at: i64,
     /// `X-LaunchDarkly-Event-Schema` (0 when absent).
     pub schema_version: i32,
-    /// The decompressed JSON array.
+    /// How `body` is encoded.
+    pub body_encoding: QueueBodyEncoding,
+    /// The JSON array, encoded as `body_encoding` says.
     pub body: Vec<u8>,
 }
 
@@ -74,14 +105,15 @@ impl Store {
         let mut ids = Vec::with_capacity(rows.len());
         for row in rows {
             let id: i64 = sqlx::query_scalar(
-                "INSERT INTO event_queue (project_key, env_key, payload_id, received_at, schema_version, body) \
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                "INSERT INTO event_queue (project_key, env_key, payload_id, received_at, schema_version, \
+                 body_encoding, body) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
             )
             .bind(row.project_key.to_owned())
             .bind(row.env_key.to_owned())
             .bind(row.payload_id.map(str::to_owned))
             .bind(row.received_at)
             .bind(row.schema_version)
+            .bind(row.body_encoding.as_str())
             .bind(row.body.to_vec())
             .fetch_one(&mut *tx.tx)
             .await?;
@@ -94,7 +126,8 @@ impl Store {
     /// Up to `limit` batches with an ID greater than `after_id`, oldest first.
     pub async fn event_queue_fetch(&self, after_id: i64, limit: i64) -> Result<Vec<QueueRow>> {
         let rows = sqlx::query(
-            "SELECT id, project_key, env_key, payload_id, received_at, schema_version, body FROM event_queue \
+            "SELECT id, project_key, env_key, payload_id, received_at, schema_version, body_encoding, body \
+             FROM event_queue \
              WHERE id > $1 ORDER BY id LIMIT $2",
         )
         .bind(after_id)
@@ -110,6 +143,7 @@ impl Store {
                     payload_id: row.try_get("payload_id")?,
                     received_at: row.try_get("received_at")?,
                     schema_version: row.try_get("schema_version")?,
+                    body_encoding: QueueBodyEncoding::parse(row.try_get("body_encoding")?)?,
                     body: row.try_get("body")?,
                 })
             })

@@ -785,7 +785,7 @@ impl Store {
                 }
             }
         }
-        let _guard = self.write_guard().await;
+        let _guard = self.write_guard("insights-maintenance").await;
         if self.backend() == Backend::Sqlite {
             for (g, keep) in horizons {
                 let sql = format!("DELETE FROM {} WHERE bucket < $1", g.table());

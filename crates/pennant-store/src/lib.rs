@@ -25,7 +25,7 @@ pub use access::{ApiToken, Member, NewToken, Role, TOKEN_LAST_USED_GRANULARITY_M
 pub use db::{Backend, Changes, Store};
 pub use environments::EnvCredential;
 pub use error::{Result, StoreError};
-pub use event_queue::{NewQueueRow, QueueRow};
+pub use event_queue::{NewQueueRow, QueueBodyEncoding, QueueRow};
 pub use insights::{
     BatchInsights, ContextPage, ContextQuery, ContextUpsert, CustomEventRecord, DAY_MS, FlagVariationTotal,
     Granularity, HOUR_MS, IndexedContext, InsightsWritten, MINUTE_MS, MaintenanceReport, NO_VARIATION, Retention,
