@@ -74,6 +74,9 @@ pub struct QueueRow {
     pub body: Vec<u8>,
 }
 
+/// Rows inserted per statement (7 parameters each) on SQLite.
+const INSERT_CHUNK: usize = 64;
+
 /// Rows deleted per statement.
 const DELETE_CHUNK: usize = 500;
 
@@ -97,27 +100,58 @@ pub(crate) fn delete_statements(
 
 impl Store {
     /// Inserts batches in one transaction (group commit) and returns their IDs in order.
+    ///
+    /// The statements are bound before the transaction begins (on SQLite it holds the store's write lock). On
+    /// SQLite one statement inserts many rows: under the write lock, with `AUTOINCREMENT`, a statement's rows take
+    /// consecutive IDs in the order of its `VALUES`, so its returned IDs sorted are the rows' IDs in order (SQLite
+    /// does not promise the order `RETURNING` yields them in). PostgreSQL gives no such promise for a sequence
+    /// within one statement, so there each row is its own statement.
     pub async fn event_queue_insert(&self, rows: &[NewQueueRow<'_>]) -> Result<Vec<i64>> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
+        const COLUMNS: &str = "INSERT INTO event_queue (project_key, env_key, payload_id, received_at, schema_version, body_encoding, body)";
+        let bind = |q: sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>, row: &NewQueueRow<'_>| {
+            q.bind(row.project_key.to_owned())
+                .bind(row.env_key.to_owned())
+                .bind(row.payload_id.map(str::to_owned))
+                .bind(row.received_at)
+                .bind(row.schema_version)
+                .bind(row.body_encoding.as_str())
+                .bind(row.body.to_vec())
+        };
+        let statements: Vec<_> = match self.backend() {
+            Backend::Sqlite => rows
+                .chunks(INSERT_CHUNK)
+                .map(|chunk| {
+                    let values = vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+                    let sql = format!("{COLUMNS} VALUES {values} RETURNING id");
+                    chunk.iter().fold(sqlx::query(sqlx::AssertSqlSafe(sql)), bind)
+                })
+                .collect(),
+            Backend::Postgres => rows
+                .iter()
+                .map(|row| {
+                    let sql = format!("{COLUMNS} VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id");
+                    bind(sqlx::query(sqlx::AssertSqlSafe(sql)), row)
+                })
+                .collect(),
+        };
         let mut tx = self.begin(&Actor::system("event-queue")).await?;
         let mut ids = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO event_queue (project_key, env_key, payload_id, received_at, schema_version, \
-                 body_encoding, body) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-            )
-            .bind(row.project_key.to_owned())
-            .bind(row.env_key.to_owned())
-            .bind(row.payload_id.map(str::to_owned))
-            .bind(row.received_at)
-            .bind(row.schema_version)
-            .bind(row.body_encoding.as_str())
-            .bind(row.body.to_vec())
-            .fetch_one(&mut *tx.tx)
-            .await?;
-            ids.push(id);
+        for q in statements {
+            let mut returned: Vec<i64> = q
+                .fetch_all(&mut *tx.tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get::<i64, _>(0))
+                .collect::<std::result::Result<_, _>>()?;
+            returned.sort_unstable();
+            ids.extend(returned);
+        }
+        if ids.len() != rows.len() {
+            // Dropping the transaction rolls it back.
+            return Err(StoreError::Corrupt(format!("{} queue rows inserted, {} IDs returned", rows.len(), ids.len())));
         }
         tx.commit().await?;
         Ok(ids)
