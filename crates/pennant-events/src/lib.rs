@@ -13,4 +13,5 @@ pub use model::{
 };
 pub use queue::{
     EmbeddedConfig, EmbeddedQueue, Enqueued, JetStreamConfig, JetStreamQueue, NewBatch, Queue, QueueError, QueuedBatch,
+    move_queued_batches,
 };

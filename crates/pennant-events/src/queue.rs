@@ -346,6 +346,25 @@ impl EmbeddedQueue {
     }
 }
 
+/// Moves the batches queued in `from`'s `event_queue` into `to`'s, keeping their IDs, oldest first; returns how
+/// many moved. Run it before [`EmbeddedQueue::open`] on `to`. `pennant serve` keeps its embedded queue in a SQLite
+/// file of its own (see there) and moves what an older version left in the main database. Safe to interrupt: rows
+/// are added to `to` (skipping IDs it has) before they are deleted from `from`, so a second run finishes the move
+/// without duplicating anything.
+pub async fn move_queued_batches(from: &Store, to: &Store) -> Result<u64, QueueError> {
+    const ROWS_PER_MOVE: i64 = 256;
+    let mut moved = 0;
+    loop {
+        let rows = from.event_queue_fetch(0, ROWS_PER_MOVE).await?;
+        if rows.is_empty() {
+            return Ok(moved);
+        }
+        to.event_queue_import(&rows).await?;
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        moved += from.event_queue_delete(&ids).await?;
+    }
+}
+
 /// Bodies shorter than this are stored as they are: compressing them saves little and costs a copy.
 const COMPRESS_FROM_BYTES: usize = 512;
 

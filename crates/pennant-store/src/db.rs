@@ -77,6 +77,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "outbox_env_index", include_str!("../migrations/sqlite/0005_outbox_env_index.sql")),
     (6, "contexts_fts_unchanged", include_str!("../migrations/sqlite/0006_contexts_fts_unchanged.sql")),
     (7, "event_queue_body_encoding", include_str!("../migrations/sqlite/0007_event_queue_body_encoding.sql")),
+    (8, "event_queue_origin", include_str!("../migrations/sqlite/0008_event_queue_origin.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
@@ -85,6 +86,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "insights", include_str!("../migrations/postgres/0004_insights.sql")),
     (5, "outbox_env_index", include_str!("../migrations/postgres/0005_outbox_env_index.sql")),
     (6, "event_queue_body_encoding", include_str!("../migrations/postgres/0006_event_queue_body_encoding.sql")),
+    (7, "event_queue_origin", include_str!("../migrations/postgres/0007_event_queue_origin.sql")),
 ];
 
 impl Store {

@@ -199,6 +199,60 @@ impl Store {
         Ok(deleted)
     }
 
+    /// The random name of this database's event queue (made on first use; see `event_queue_origin`).
+    pub async fn event_queue_origin(&self) -> Result<String> {
+        let select = "SELECT id FROM event_queue_origin";
+        if let Some(id) = sqlx::query_scalar::<_, String>(select).fetch_optional(&self.pool).await? {
+            return Ok(id);
+        }
+        let mut tx = self.begin(&Actor::system("event-queue")).await?;
+        // Another process may have made it in between (PostgreSQL): the first one stays.
+        sqlx::query(
+            "INSERT INTO event_queue_origin (id) SELECT $1 WHERE NOT EXISTS (SELECT 1 FROM event_queue_origin)",
+        )
+        .bind(crate::random_secret("q"))
+        .execute(&mut *tx.tx)
+        .await?;
+        let id: String = sqlx::query_scalar(select).fetch_one(&mut *tx.tx).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Inserts rows read from another database's queue with their IDs, skipping IDs already here (so that moving
+    /// rows again after an interruption adds nothing twice). Later inserts get IDs above them.
+    pub async fn event_queue_import(&self, rows: &[QueueRow]) -> Result<u64> {
+        let mut tx = self.begin(&Actor::system("event-queue")).await?;
+        let mut added = 0;
+        for row in rows {
+            added += sqlx::query(
+                "INSERT INTO event_queue (id, project_key, env_key, payload_id, received_at, schema_version, \
+                 body_encoding, body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(row.id)
+            .bind(row.project_key.clone())
+            .bind(row.env_key.clone())
+            .bind(row.payload_id.clone())
+            .bind(row.received_at)
+            .bind(row.schema_version)
+            .bind(row.body_encoding.as_str())
+            .bind(row.body.clone())
+            .execute(&mut *tx.tx)
+            .await?
+            .rows_affected();
+        }
+        if self.backend() == Backend::Postgres {
+            // SQLite's AUTOINCREMENT follows explicit IDs by itself; a PostgreSQL sequence does not.
+            sqlx::query(
+                "SELECT setval(pg_get_serial_sequence('event_queue', 'id'), GREATEST((SELECT MAX(id) FROM \
+                 event_queue), (SELECT last_value FROM event_queue_id_seq)))",
+            )
+            .execute(&mut *tx.tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(added)
+    }
+
     /// How many batches are queued and their total body size in bytes.
     pub async fn event_queue_stats(&self) -> Result<(u64, u64)> {
         let row = sqlx::query(

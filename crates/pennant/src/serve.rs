@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use pennant_api::{ApiLimits, ApiState};
-use pennant_store::{Actor, Environment, NewToken, Project, Role, Store};
+use pennant_store::{Actor, Backend, Environment, NewToken, Project, Role, Store};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
@@ -206,7 +206,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 }
 
 /// The analytics queue: a JetStream stream when NATS is configured (shared by every events process), else the
-/// embedded queue in the database. Also returns the name the processors tag their idempotence markers with.
+/// embedded queue (in a SQLite file of its own next to a SQLite main database, else in the PostgreSQL database). Also returns the name the processors tag their idempotence markers with.
 async fn open_event_queue(store: &Store, config: &ServeConfig) -> anyhow::Result<(pennant_events::Queue, String)> {
     match &config.nats_url {
         Some(url) => {
@@ -227,13 +227,37 @@ async fn open_event_queue(store: &Store, config: &ServeConfig) -> anyhow::Result
                 max_bytes: config.events_queue_max_bytes,
                 ..Default::default()
             };
-            let queue = pennant_events::EmbeddedQueue::open(store.clone(), embedded)
-                .await
-                .context("opening the event queue")?;
-            Ok((pennant_events::Queue::Embedded(queue), "embedded".to_owned()))
+            let (queue_store, marker) = match store.backend() {
+                // SQLite lets one transaction write at a time per file: in the main database the queue's commits
+                // (every SDK post waits for one) would queue behind the insights processor's transactions and
+                // the other way round. In a file of its own each has its own lock and log; the processor then
+                // acknowledges batches in the queue's file after its own commit, and its markers (in the main
+                // database) name this queue's file, so that batches of a queue file made anew never match them.
+                Backend::Sqlite => {
+                    let path = config.data_dir.join(EVENT_QUEUE_FILE);
+                    let queue_store = Store::open_sqlite(&path)
+                        .await
+                        .with_context(|| format!("opening the event queue {}", path.display()))?;
+                    let moved = pennant_events::move_queued_batches(store, &queue_store)
+                        .await
+                        .context("moving queued event batches out of the main database")?;
+                    if moved > 0 {
+                        tracing::info!(moved, file = %path.display(), "queued event batches moved to the queue's own file");
+                    }
+                    let origin = queue_store.event_queue_origin().await.context("reading the event queue's name")?;
+                    (queue_store, format!("embedded:{origin}"))
+                }
+                Backend::Postgres => (store.clone(), "embedded".to_owned()),
+            };
+            let queue =
+                pennant_events::EmbeddedQueue::open(queue_store, embedded).await.context("opening the event queue")?;
+            Ok((pennant_events::Queue::Embedded(queue), marker))
         }
     }
 }
+
+/// The embedded event queue's SQLite file in the data directory (with a SQLite main database).
+const EVENT_QUEUE_FILE: &str = "events-queue.db";
 
 /// Binds the listener; with `reuse_port`, several processes can bind the same address and the kernel spreads
 /// new connections over them (how one machine runs more streams than one process may hold file descriptors).
