@@ -4,13 +4,14 @@
 //! - [`EmbeddedQueue`] (default): batches are rows of the store's `event_queue` table. A writer task inserts all the
 //!   batches waiting at that moment in one transaction and then answers every caller (group commit), so a burst of
 //!   small posts costs one commit. Bodies are stored LZ4-compressed (JSON shrinks 5–10x): on SQLite every byte
-//!   a commit writes is written under the store's one write lock, which the insights processor needs too. Bounded by batch count and bytes, counting every batch until it is
-//!   acknowledged (pulled ones too), so a processor that lags fills it: when full, `enqueue` fails with
-//!   [`QueueError::Full`] and the front door answers 503 with `Retry-After`. Delivery is at-least-once: `pull`
-//!   hands out batches after an in-memory cursor, `ack` deletes them; after a restart (or [`EmbeddedQueue::rewind`])
-//!   every batch not acknowledged is delivered again. One consuming process per database. A consumer writing
-//!   to the same store may delete the rows in its own transaction instead and then only
-//!   [`EmbeddedQueue::acknowledge_deleted`] them.
+//!   a commit writes is written under the database's one write lock and synced. Bounded by batch count and
+//!   bytes, counting every batch until it is acknowledged (pulled ones too), so a processor that lags fills it:
+//!   when full, `enqueue` fails with [`QueueError::Full`] and the front door answers 503 with `Retry-After`.
+//!   Delivery is at-least-once: `pull` hands out batches after an in-memory cursor (several consumers in one
+//!   process get disjoint batches), `ack` deletes them; after a restart (or [`EmbeddedQueue::rewind`]) every
+//!   batch not acknowledged is delivered again. One consuming process per database. A consumer writing to the same
+//!   store may delete the rows in its own transaction instead and then only [`EmbeddedQueue::acknowledge_deleted`]
+//!   them.
 //! - [`JetStreamQueue`] (`--nats-url`): a durable JetStream stream (file storage) and a durable pull consumer with
 //!   explicit acks; batches with a payload ID are published with `Nats-Msg-Id` so the server drops retries within
 //!   its duplicate window. At-least-once: a batch not acknowledged within `ack_wait` is delivered again.

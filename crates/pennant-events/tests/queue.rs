@@ -155,6 +155,39 @@ async fn bodies_are_stored_compressed_and_delivered_as_json() {
     }
 }
 
+/// `pennant serve` keeps the embedded queue in a SQLite file of its own and moves what an older version queued in
+/// the main database there: IDs and bodies kept, nothing twice when the move runs again, later IDs above them.
+#[tokio::test]
+async fn queued_batches_move_to_another_database_once() {
+    let (main, own) = (TestDb::sqlite().await.unwrap(), TestDb::sqlite().await.unwrap());
+    let old = EmbeddedQueue::open(main.store.clone(), EmbeddedConfig::default()).await.unwrap();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(id(old.enqueue(batch(n, None)).await.unwrap()));
+    }
+    drop(old);
+    assert_eq!(pennant_events::move_queued_batches(&main.store, &own.store).await.unwrap(), 3);
+    assert_eq!(main.store.event_queue_stats().await.unwrap().0, 0);
+    // An interrupted move leaves rows in both: running it again adds none of them twice.
+    let again = main.store.event_queue_fetch(0, 10).await.unwrap();
+    assert!(again.is_empty());
+    let copy = own.store.event_queue_fetch(0, 10).await.unwrap();
+    assert_eq!(own.store.event_queue_import(&copy).await.unwrap(), 0);
+
+    let queue = EmbeddedQueue::open(own.store.clone(), EmbeddedConfig::default()).await.unwrap();
+    assert_eq!(queue.depth(), 3);
+    let got = queue.pull(10, Duration::from_millis(10)).await.unwrap();
+    assert_eq!(got.iter().map(|b| b.id).collect::<Vec<_>>(), ids);
+    assert_eq!(got[1].body, batch(1, None).body);
+    let next = id(queue.enqueue(batch(9, None)).await.unwrap());
+    assert!(next > ids[2], "{next} after {ids:?}");
+
+    // Each database's queue has its own name, the same every time it is asked.
+    let name = own.store.event_queue_origin().await.unwrap();
+    assert_eq!(own.store.event_queue_origin().await.unwrap(), name);
+    assert_ne!(main.store.event_queue_origin().await.unwrap(), name);
+}
+
 /// An acknowledged enqueue survives the process: drop the queue and the store, reopen, and every batch not
 /// acknowledged by the processor is delivered again, exactly those.
 #[tokio::test]

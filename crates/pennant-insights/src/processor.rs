@@ -98,8 +98,9 @@ pub struct ProcessorOptions {
     /// Most queued batches taken in one round (written, then acknowledged together).
     pub max_batches: usize,
     /// Most events written in one transaction: a round's batches are written in several transactions of at most
-    /// this many events (a batch with more goes alone). On SQLite the front door's queue inserts wait for the
-    /// transaction in progress, so its length bounds their latency.
+    /// this many events (a batch with more goes alone). Larger transactions mean fewer commits (each syncs the
+    /// log); on SQLite they also hold the database's one write lock longer, which other writers of that database
+    /// wait for (`pennant serve` keeps the embedded queue in a file of its own, so SDK posts do not).
     pub max_events: usize,
     /// Longest time the first batch pulled waits for others before the write (write coalescing).
     pub flush_interval: Duration,
@@ -124,15 +125,14 @@ pub struct ProcessorOptions {
 }
 
 impl Default for ProcessorOptions {
-    /// 100 batches or 200 ms, whichever comes first, written 2,000 events a transaction. On SQLite the front
-    /// door's queue inserts wait for the processor's transaction (one writer), so its size bounds the
-    /// acknowledgement latency: 1,000 batches of 100 events held the lock for seconds under load, 100 batches
-    /// (10,000 events) for 60–200 ms. Contexts: refreshed at most once a minute while unchanged, 250,000
-    /// remembered.
+    /// 100 batches or 200 ms, whichever comes first, written 10,000 events a transaction (100 SDK flushes of 100
+    /// events: one commit per round). Measured with `scripts/bench-events --rate 200000` (two processors, queue in
+    /// its own file): 2,000 events a transaction kept up with 150 k events/s, 10,000 with 200 k. Contexts:
+    /// refreshed at most once a minute while unchanged, 250,000 remembered.
     fn default() -> Self {
         ProcessorOptions {
             max_batches: 100,
-            max_events: 2_000,
+            max_events: 10_000,
             flush_interval: Duration::from_millis(200),
             idle_wait: Duration::from_secs(1),
             max_backoff: Duration::from_secs(5),

@@ -68,34 +68,44 @@ async fn enqueue(queue: &Queue, from: u64, n: u64) -> i64 {
 #[tokio::test]
 async fn embedded_queue_kill_and_restart_counts_exactly_once() {
     for db in TestDb::both().await.unwrap() {
-        let store = db.store.clone();
-        let q1 = Queue::Embedded(EmbeddedQueue::open(store.clone(), EmbeddedConfig::default()).await.unwrap());
-        let mut expected = enqueue(&q1, 0, 150).await;
-        let (_stop1, stopped1) = watch::channel(false);
-        let first = tokio::spawn(
-            Processor::new(store.clone(), options()).run(EventQueue::new(q1.clone(), "embedded"), stopped1),
-        );
-        wait_for("some batches processed", async || total(&store).await > 0).await;
-        // Killed mid-stream: whatever it pulled and did not acknowledge stays in the queue.
-        first.abort();
-        let _ = first.await;
-        drop(q1);
-
-        // Restart: a new queue handle on the same database delivers every unacknowledged batch again.
-        let q2 = Queue::Embedded(EmbeddedQueue::open(store.clone(), EmbeddedConfig::default()).await.unwrap());
-        let (stop2, stopped2) = watch::channel(false);
-        let second = tokio::spawn(
-            Processor::new(store.clone(), options()).run(EventQueue::new(q2.clone(), "embedded"), stopped2),
-        );
-        expected += enqueue(&q2, 150, 50).await;
-        // Not the new handle's depth: the aborted processor's last COMMIT, already sent, can still land after the
-        // new handle counted the rows it deletes (a killed process's cannot), so those rows are never pulled
-        // here. Counting past `expected` would be a double count, which the assertion below catches.
-        wait_for("every batch counted", async || total(&store).await >= expected).await;
-        stop2.send(true).unwrap();
-        second.await.unwrap();
-        assert_eq!(total(&store).await, expected, "{}", db.backend);
+        // The queue in the insights' database: rows deleted in the insights transaction.
+        kill_and_restart(&db.store, &db.store, db.backend).await;
     }
+    // The queue in a SQLite file of its own (as `pennant serve` keeps it): acknowledged after the insights commit.
+    let (main, own) = (TestDb::sqlite().await.unwrap(), TestDb::sqlite().await.unwrap());
+    kill_and_restart(&main.store, &own.store, "queue in its own database").await;
+}
+
+async fn kill_and_restart(store: &Store, queue_store: &Store, case: impl std::fmt::Display) {
+    let q1 = Queue::Embedded(EmbeddedQueue::open(queue_store.clone(), EmbeddedConfig::default()).await.unwrap());
+    let mut expected = enqueue(&q1, 0, 150).await;
+    let (_stop1, stopped1) = watch::channel(false);
+    let first =
+        tokio::spawn(Processor::new(store.clone(), options()).run(EventQueue::new(q1.clone(), "embedded"), stopped1));
+    wait_for("some batches processed", async || total(store).await > 0).await;
+    // Killed mid-stream: whatever it pulled and did not acknowledge stays in the queue.
+    first.abort();
+    let _ = first.await;
+    drop(q1);
+
+    // Restart: a new queue handle on the same database delivers every unacknowledged batch again, here to two
+    // processors sharing one contexts cache (as `pennant serve` runs them), which take disjoint batches.
+    let q2 = Queue::Embedded(EmbeddedQueue::open(queue_store.clone(), EmbeddedConfig::default()).await.unwrap());
+    let (stop2, stopped2) = watch::channel(false);
+    let processor = Processor::new(store.clone(), options());
+    let second: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(processor.clone().run(EventQueue::new(q2.clone(), "embedded"), stopped2.clone())))
+        .collect();
+    expected += enqueue(&q2, 150, 50).await;
+    // Not the new handle's depth: the aborted processor's last COMMIT, already sent, can still land after the
+    // new handle counted the rows it deletes (a killed process's cannot), so those rows are never pulled
+    // here. Counting past `expected` would be a double count, which the assertion below catches.
+    wait_for("every batch counted", async || total(store).await >= expected).await;
+    stop2.send(true).unwrap();
+    for task in second {
+        task.await.unwrap();
+    }
+    assert_eq!(total(store).await, expected, "{case}");
 }
 
 #[tokio::test]

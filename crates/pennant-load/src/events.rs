@@ -67,6 +67,12 @@ pub struct EventsArgs {
     /// Batches to send in all.
     #[arg(long)]
     batches: Option<u64>,
+    /// Send at this many events per second (batch `n` is due `n / rate × events-per-batch` seconds after the
+    /// start) instead of as fast as the server answers. Latency is measured from when a batch was due, so a
+    /// server that falls behind the schedule shows it in the percentiles (no coordinated omission); give
+    /// --concurrency enough room (rate × latency / events-per-batch).
+    #[arg(long)]
+    rate: Option<f64>,
     /// Share of batches sent gzipped (`Content-Encoding: gzip`), 0 to 1.
     #[arg(long, default_value_t = 0.25)]
     gzip_ratio: f64,
@@ -112,6 +118,9 @@ impl EventsArgs {
         }
         if !(self.lag_timeout.is_finite() && self.lag_timeout > 0.0) {
             return bad("--lag-timeout must be positive");
+        }
+        if self.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+            return bad("--rate must be a positive number of events per second");
         }
         if !self.flag_prefix.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
             return bad("--flag-prefix may hold only letters, digits, '-', '_' and '.'");
@@ -311,6 +320,8 @@ struct Shared {
     /// Set on an answer that retrying cannot fix (401, 400, 413…): every worker stops.
     abort: AtomicBool,
     flags: usize,
+    /// With --rate: when sending started and the time between two batches.
+    schedule: Option<(Instant, Duration)>,
 }
 
 #[derive(Debug, Default)]
@@ -371,6 +382,13 @@ async fn send_loop(shared: Arc<Shared>) -> WorkerStats {
         if shared.batches.is_some_and(|n| seq >= n) {
             break;
         }
+        let due = shared.schedule.map(|(start, every)| start + every.mul_f64(seq as f64));
+        if let Some(due) = due {
+            if shared.end.is_some_and(|end| due >= end) {
+                break;
+            }
+            tokio::time::sleep_until(due.into()).await;
+        }
         let batch = &shared.pool[(seq % shared.pool.len() as u64) as usize];
         let mut request = shared
             .client
@@ -386,7 +404,7 @@ async fn send_loop(shared: Arc<Shared>) -> WorkerStats {
         stats.sent += 1;
         stats.sent_events += batch.events;
         stats.bytes_sent += batch.body.len() as u64;
-        let started = Instant::now();
+        let started = due.unwrap_or_else(Instant::now);
         let outcome = async {
             let response = request.body(batch.body.clone()).send().await?;
             let status = response.status().as_u16();
@@ -532,6 +550,8 @@ struct Report {
     events_per_batch: usize,
     mix: String,
     concurrency: usize,
+    /// --rate (events/s), when the sending was paced.
+    rate: Option<f64>,
     gzip_ratio: f64,
     distinct_batches: usize,
     json_bytes_per_batch: f64,
@@ -601,8 +621,9 @@ impl Report {
             t.push('\n');
         };
         line(format!(
-            "pennant-load events: {} in flight, {} events/batch (1 summary over {} flags, then {}), {:.0} % gzip -> {} \
+            "pennant-load events: {}{} in flight, {} events/batch (1 summary over {} flags, then {}), {:.0} % gzip -> {} \
              ({}/{})",
+            self.rate.map(|r| format!("{} events/s paced, ", si(r))).unwrap_or_default(),
             self.concurrency,
             self.events_per_batch,
             self.flags.min(FLAGS_PER_SUMMARY),
@@ -779,6 +800,7 @@ async fn drive(args: &EventsArgs) -> Result<Report, Error> {
         end,
         abort: AtomicBool::new(false),
         flags: args.flags,
+        schedule: args.rate.map(|rate| (started, Duration::from_secs_f64(args.events_per_batch as f64 / rate))),
     });
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..args.concurrency {
@@ -878,6 +900,7 @@ async fn drive(args: &EventsArgs) -> Result<Report, Error> {
         events_per_batch: args.events_per_batch,
         mix: args.mix.describe(),
         concurrency: args.concurrency,
+        rate: args.rate,
         gzip_ratio: args.gzip_ratio,
         distinct_batches: pool_size,
         json_bytes_per_batch,
@@ -999,6 +1022,8 @@ mod tests {
         assert!(args(&["--flags", "0"]).check().is_err());
         assert!(args(&["--flag-prefix", "a/b"]).check().is_err());
         assert!(args(&["--url", "https://x"]).check().is_err());
+        assert!(args(&["--rate", "0"]).check().is_err());
+        assert!(args(&["--rate", "200000"]).check().is_ok());
         assert!(
             Cli::try_parse_from(["t", "--sdk-key", "k", "--api-token", "t", "--duration", "1", "--batches", "2"])
                 .is_err()

@@ -69,11 +69,15 @@ pub struct ServeArgs {
     /// Most bytes of analytics batches waiting in the queue (embedded queue and JetStream stream).
     #[arg(long, env = "PENNANT_EVENTS_QUEUE_MAX_BYTES")]
     pub events_queue_max_bytes: Option<u64>,
+    /// Event processors in this process (each takes its own rounds from the queue; they share the contexts
+    /// cache). Two keep both cores busy: one parses and aggregates while the other's transaction runs.
+    #[arg(long, env = "PENNANT_EVENTS_PROCESSORS")]
+    pub events_processors: Option<usize>,
     /// Most queued analytics batches an event processor takes in one round (written, then acknowledged).
     #[arg(long, env = "PENNANT_EVENTS_PROCESSOR_MAX_BATCHES")]
     pub events_processor_max_batches: Option<usize>,
-    /// Most analytics events an event processor writes in one transaction. On the embedded store the front door's
-    /// queue inserts wait for that transaction, so this bounds their latency.
+    /// Most analytics events an event processor writes in one transaction (fewer, larger commits; on SQLite the
+    /// transaction holds the main database's write lock, which the embedded queue's own file does not share).
     #[arg(long, env = "PENNANT_EVENTS_PROCESSOR_MAX_EVENTS")]
     pub events_processor_max_events: Option<usize>,
     /// Milliseconds an event processor waits for more batches after the first of a round before writing.
@@ -143,6 +147,7 @@ struct FileConfig {
     events_max_body_bytes: Option<usize>,
     events_queue_max_batches: Option<u64>,
     events_queue_max_bytes: Option<u64>,
+    events_processors: Option<usize>,
     events_processor_max_batches: Option<usize>,
     events_processor_max_events: Option<usize>,
     events_processor_flush_ms: Option<u64>,
@@ -197,6 +202,8 @@ pub struct ServeConfig {
 /// The event processors' settings (see `pennant_insights::ProcessorOptions`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProcessorSettings {
+    /// Processors in the process.
+    pub count: usize,
     /// Batches per round.
     pub max_batches: usize,
     /// Events per transaction.
@@ -443,9 +450,20 @@ impl ServeArgs {
     }
 }
 
+/// Event processors per process by default (see `--events-processors`).
+const DEFAULT_EVENT_PROCESSORS: usize = 2;
+
 impl ServeArgs {
     fn processor_settings(&self, file: &FileConfig) -> Result<ProcessorSettings, ConfigError> {
         let defaults = pennant_insights::ProcessorOptions::default();
+        let count = self.events_processors.or(file.events_processors).unwrap_or(DEFAULT_EVENT_PROCESSORS);
+        if !(1..=16).contains(&count) {
+            return Err(ConfigError::Invalid {
+                setting: "--events-processors",
+                value: count.to_string(),
+                reason: "must be between 1 and 16",
+            });
+        }
         let max_batches =
             self.events_processor_max_batches.or(file.events_processor_max_batches).unwrap_or(defaults.max_batches);
         if !(1..=10_000).contains(&max_batches) {
@@ -493,6 +511,7 @@ impl ServeArgs {
             });
         }
         Ok(ProcessorSettings {
+            count,
             max_batches,
             max_events,
             flush_interval: Duration::from_millis(flush_ms),
@@ -532,7 +551,8 @@ mod tests {
             (8 << 20, 100_000, 1 << 30)
         );
         let p = c.events_processor;
-        assert_eq!((p.max_batches, p.max_events, p.flush_interval), (100, 2_000, Duration::from_millis(200)));
+        assert_eq!((p.count, p.max_batches, p.max_events), (2, 100, 10_000));
+        assert_eq!(p.flush_interval, Duration::from_millis(200));
         assert_eq!((p.context_refresh, p.context_cache), (Duration::from_secs(60), 250_000));
         assert_eq!(p.options(), pennant_insights::ProcessorOptions::default());
     }
@@ -545,11 +565,14 @@ mod tests {
         std::fs::write(
             &file,
             "events_processor_max_batches = 50\nevents_processor_max_events = 500\nevents_processor_flush_ms = 20\n\
-             events_context_refresh_seconds = 0\nevents_context_cache = 7\nevents_processor_prefetch = false\n",
+             events_context_refresh_seconds = 0\nevents_context_cache = 7\nevents_processor_prefetch = false\n\
+             events_processors = 3\n",
         )
         .unwrap();
         let a = ServeArgs { config: Some(file), events_processor_max_events: Some(900), ..args() };
-        let o = a.resolve().unwrap().events_processor.options();
+        let p = a.resolve().unwrap().events_processor;
+        assert_eq!(p.count, 3);
+        let o = p.options();
         assert_eq!((o.max_batches, o.max_events, o.flush_interval), (50, 900, Duration::from_millis(20)));
         assert_eq!((o.context_refresh, o.context_cache, o.prefetch), (Duration::ZERO, 7, false));
         assert_eq!(o.idle_wait, pennant_insights::ProcessorOptions::default().idle_wait);
@@ -600,6 +623,8 @@ mod tests {
             (ServeArgs { events_max_body_bytes: Some(128 << 20), ..args() }, "--events-max-body-bytes"),
             (ServeArgs { events_queue_max_batches: Some(0), ..args() }, "--events-queue-max-batches"),
             (ServeArgs { events_queue_max_bytes: Some(4096), ..args() }, "--events-queue-max-bytes"),
+            (ServeArgs { events_processors: Some(0), ..args() }, "--events-processors"),
+            (ServeArgs { events_processors: Some(17), ..args() }, "--events-processors"),
             (ServeArgs { events_processor_max_batches: Some(0), ..args() }, "--events-processor-max-batches"),
             (ServeArgs { events_processor_max_batches: Some(10_001), ..args() }, "--events-processor-max-batches"),
             (ServeArgs { events_processor_max_events: Some(0), ..args() }, "--events-processor-max-events"),

@@ -157,12 +157,13 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     if let Some((queue, marker_namespace)) = events_queue {
         // Processors may run in every events process: the queue hands each batch to one of them, and the
         // idempotence markers make a redelivered batch count once.
-        tasks.push(pennant_insights::spawn_processor(
-            store.clone(),
-            pennant_insights::EventQueue::new(queue, &marker_namespace),
-            config.events_processor.options(),
-            stopping.subscribe(),
-        ));
+        // Several processors in one process share one contexts cache (a clone of one processor).
+        let processor = pennant_insights::Processor::new(store.clone(), config.events_processor.options());
+        for _ in 0..config.events_processor.count {
+            let (processor, stop) = (processor.clone(), stopping.subscribe());
+            let queue = pennant_insights::EventQueue::new(queue.clone(), &marker_namespace);
+            tasks.push(tokio::spawn(async move { processor.run(queue, stop).await }));
+        }
         tasks.push(pennant_insights::spawn_maintenance(
             store.clone(),
             pennant_store::Retention::default(),
@@ -206,7 +207,8 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 }
 
 /// The analytics queue: a JetStream stream when NATS is configured (shared by every events process), else the
-/// embedded queue (in a SQLite file of its own next to a SQLite main database, else in the PostgreSQL database). Also returns the name the processors tag their idempotence markers with.
+/// embedded queue (in a SQLite file of its own next to a SQLite main database, else in the PostgreSQL database).
+/// Also returns the name the processors tag their idempotence markers with.
 async fn open_event_queue(store: &Store, config: &ServeConfig) -> anyhow::Result<(pennant_events::Queue, String)> {
     match &config.nats_url {
         Some(url) => {
