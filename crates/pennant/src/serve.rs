@@ -367,6 +367,9 @@ async fn print_banner(
     if config.role.events() {
         let queue = match &config.nats_url {
             Some(url) => format!("JetStream stream {}_EVENTS on {url}", config.namespace.to_ascii_uppercase()),
+            None if store.backend() == Backend::Sqlite => {
+                format!("embedded ({})", config.data_dir.join(EVENT_QUEUE_FILE).display())
+            }
             None => "embedded (in the database)".to_owned(),
         };
         out.push_str(&format!("  event queue    {queue}\n"));

@@ -30,7 +30,10 @@ fn first_start_prints_credentials_serves_and_restarts_with_the_same_ones() {
     assert_eq!(status, 200);
     assert!(metrics.contains("pennant_http_requests_total"), "{metrics}");
     // The embedded event queue keeps its own SQLite file (its commits never wait for the insights processor's).
-    assert!(std::path::Path::new(&data).join("events-queue.db").exists(), "no events-queue.db in {data}");
+    let queue_file = std::path::Path::new(&data).join("events-queue.db");
+    assert!(queue_file.exists(), "no events-queue.db in {data}");
+    let banner_line = format!("event queue    embedded ({})", queue_file.display());
+    assert!(server.banner.iter().any(|l| l.trim() == banner_line), "{banner_line} in {:?}", server.banner);
     // The first start's writes went through the embedded store's write lock.
     assert!(metrics.contains("pennant_store_write_lock_hold_seconds_count{writer="), "{metrics}");
     assert!(server.stop().success(), "SIGTERM stops the server cleanly");
