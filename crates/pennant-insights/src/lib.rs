@@ -12,5 +12,5 @@ pub mod processor;
 pub use convert::{ConvertStats, MAX_CLOCK_SKEW_MS, add_events};
 pub use processor::{
     BatchQueue, EventQueue, InputBatch, ProcessReport, Processor, ProcessorOptions, QueueError, QueueId,
-    spawn_maintenance, spawn_processor,
+    spawn_maintenance, spawn_processors,
 };

@@ -127,8 +127,8 @@ pub struct ProcessorOptions {
 impl Default for ProcessorOptions {
     /// 100 batches or 200 ms, whichever comes first, written 10,000 events a transaction (100 SDK flushes of 100
     /// events: one commit per round). Measured with `scripts/bench-events --rate 200000` (two processors, queue in
-    /// its own file): 2,000 events a transaction kept up with 150 k events/s, 10,000 with 200 k. Contexts:
-    /// refreshed at most once a minute while unchanged, 250,000 remembered.
+    /// its own file): with 2,000 events a transaction the processors wrote ~150 k events/s, with 10,000 they kept
+    /// up with the 200 k. Contexts: refreshed at most once a minute while unchanged, 250,000 remembered.
     fn default() -> Self {
         ProcessorOptions {
             max_batches: 100,
@@ -576,14 +576,18 @@ async fn pause(d: Duration, shutdown: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Starts a processor on `queue`; see [`Processor::run`].
-pub fn spawn_processor<Q: BatchQueue>(
+/// Starts `count` processors on `queue` (at least one; see [`Processor::run`]). They take disjoint batches and share
+/// one cache of recently written contexts, so that one parses and aggregates while another's transaction runs
+/// without either writing a context the other just wrote.
+pub fn spawn_processors<Q: BatchQueue + Clone>(
     store: Store,
     queue: Q,
     options: ProcessorOptions,
-    shutdown: watch::Receiver<bool>,
-) -> JoinHandle<()> {
-    tokio::spawn(Processor::new(store, options).run(queue, shutdown))
+    count: usize,
+    shutdown: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let processor = Processor::new(store, options);
+    (0..count.max(1)).map(|_| tokio::spawn(processor.clone().run(queue.clone(), shutdown.clone()))).collect()
 }
 
 /// Starts the insights maintenance job: partitions ahead and retention ([`Store::insights_maintenance`]), now and

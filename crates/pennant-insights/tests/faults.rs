@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pennant_events::{EmbeddedConfig, EmbeddedQueue, JetStreamConfig, JetStreamQueue, NewBatch, Queue};
-use pennant_insights::{EventQueue, Processor, ProcessorOptions};
+use pennant_insights::{EventQueue, Processor, ProcessorOptions, spawn_processors};
 use pennant_store::testing::TestDb;
 use pennant_store::{Granularity, Store};
 use serde_json::json;
@@ -92,10 +92,7 @@ async fn kill_and_restart(store: &Store, queue_store: &Store, case: impl std::fm
     // processors sharing one contexts cache (as `pennant serve` runs them), which take disjoint batches.
     let q2 = Queue::Embedded(EmbeddedQueue::open(queue_store.clone(), EmbeddedConfig::default()).await.unwrap());
     let (stop2, stopped2) = watch::channel(false);
-    let processor = Processor::new(store.clone(), options());
-    let second: Vec<_> = (0..2)
-        .map(|_| tokio::spawn(processor.clone().run(EventQueue::new(q2.clone(), "embedded"), stopped2.clone())))
-        .collect();
+    let second = spawn_processors(store.clone(), EventQueue::new(q2.clone(), "embedded"), options(), 2, &stopped2);
     expected += enqueue(&q2, 150, 50).await;
     // Not the new handle's depth: the aborted processor's last COMMIT, already sent, can still land after the
     // new handle counted the rows it deletes (a killed process's cannot), so those rows are never pulled

@@ -157,13 +157,13 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     if let Some((queue, marker_namespace)) = events_queue {
         // Processors may run in every events process: the queue hands each batch to one of them, and the
         // idempotence markers make a redelivered batch count once.
-        // Several processors in one process share one contexts cache (a clone of one processor).
-        let processor = pennant_insights::Processor::new(store.clone(), config.events_processor.options());
-        for _ in 0..config.events_processor.count {
-            let (processor, stop) = (processor.clone(), stopping.subscribe());
-            let queue = pennant_insights::EventQueue::new(queue.clone(), &marker_namespace);
-            tasks.push(tokio::spawn(async move { processor.run(queue, stop).await }));
-        }
+        tasks.extend(pennant_insights::spawn_processors(
+            store.clone(),
+            pennant_insights::EventQueue::new(queue, &marker_namespace),
+            config.events_processor.options(),
+            config.events_processor.count,
+            &stopping.subscribe(),
+        ));
         tasks.push(pennant_insights::spawn_maintenance(
             store.clone(),
             pennant_store::Retention::default(),
