@@ -135,7 +135,12 @@ pub(crate) struct Progress {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct RoundReply {
     received: usize,
+    /// From the change's request to the load tool's read of it, per connection that got it.
     latencies_ns: Vec<u64>,
+    /// From the change's request to its arrival in the connection's socket (kernel receive timestamp).
+    arrival_latencies_ns: Vec<u64>,
+    /// How many of those arrival times are the kernel's (the others are read times).
+    stamped: usize,
     max_version: u64,
     errors: u64,
     reconnects: u64,
@@ -268,9 +273,14 @@ struct RoundReport {
     version: u64,
     received: usize,
     all_received: bool,
+    /// From the change's request to the load tool's read.
     p50_ms: Option<f64>,
     p99_ms: Option<f64>,
     max_ms: Option<f64>,
+    /// From the change's request to the arrival in the client's socket.
+    arrival_p50_ms: Option<f64>,
+    arrival_p99_ms: Option<f64>,
+    arrival_max_ms: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -300,6 +310,11 @@ struct Report {
     latency_p50_ms: Option<f64>,
     latency_p99_ms: Option<f64>,
     latency_max_ms: Option<f64>,
+    arrival_latency_p50_ms: Option<f64>,
+    arrival_latency_p99_ms: Option<f64>,
+    arrival_latency_max_ms: Option<f64>,
+    /// Deliveries whose arrival time is the kernel's receive timestamp.
+    arrivals_stamped: usize,
     server_cpu_seconds: Option<f64>,
     server_cpu_us_per_delivery: Option<f64>,
     storm: Option<StormReport>,
@@ -334,26 +349,35 @@ impl Report {
                 args.server_pids
             ));
         }
+        line(
+            "latency from the change's request: to its arrival in the client's socket | to the load tool's read".into(),
+        );
         line(format!(
-            "{:<6} {:>8} {:>15} {:>9} {:>9} {:>9}",
-            "round", "version", "received", "p50 ms", "p99 ms", "max ms"
+            "{:<6} {:>8} {:>15} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9}",
+            "round", "version", "received", "p50 ms", "p99 ms", "max ms", "p50 ms", "p99 ms", "max ms"
         ));
         for r in &self.rounds {
             line(format!(
-                "{:<6} {:>8} {:>15} {:>9} {:>9} {:>9}",
+                "{:<6} {:>8} {:>15} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9}",
                 r.round,
                 r.version,
                 format!("{}/{}", r.received, self.connections),
+                ms(r.arrival_p50_ms),
+                ms(r.arrival_p99_ms),
+                ms(r.arrival_max_ms),
                 ms(r.p50_ms),
                 ms(r.p99_ms),
                 ms(r.max_ms)
             ));
         }
         line(format!(
-            "{:<6} {:>8} {:>15} {:>9} {:>9} {:>9}",
+            "{:<6} {:>8} {:>15} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9}",
             "all",
             "",
             self.deliveries,
+            ms(self.arrival_latency_p50_ms),
+            ms(self.arrival_latency_p99_ms),
+            ms(self.arrival_latency_max_ms),
             ms(self.latency_p50_ms),
             ms(self.latency_p99_ms),
             ms(self.latency_max_ms)
@@ -475,6 +499,8 @@ async fn coordinate(args: &SseArgs, sources: Vec<IpAddr>) -> Result<Report, Erro
     // Rounds.
     let mut rounds = Vec::new();
     let mut all_latencies = Vec::new();
+    let mut all_arrivals = Vec::new();
+    let mut arrivals_stamped = 0;
     let mut errors: u64 = ready.iter().map(|p| p.errors).sum();
     let mut reconnects: u64 = ready.iter().map(|p| p.reconnects).sum();
     let cpu_before = sample_server(&args.server_pids)?;
@@ -484,12 +510,15 @@ async fn coordinate(args: &SseArgs, sources: Vec<IpAddr>) -> Result<Report, Erro
         set_flag(&client, args, on).await?;
         tell_all(&mut workers, &ToWorker::Round { baseline, sent_at_ns }).await?;
         let mut latencies = Vec::new();
+        let mut arrivals = Vec::new();
         let mut version = baseline;
         (errors, reconnects) = (0, 0);
         for w in workers.iter_mut() {
             match w.hear(answer_within).await? {
                 FromWorker::Round(r) => {
                     latencies.extend_from_slice(&r.latencies_ns);
+                    arrivals.extend_from_slice(&r.arrival_latencies_ns);
+                    arrivals_stamped += r.stamped;
                     version = version.max(r.max_version);
                     errors += r.errors;
                     reconnects += r.reconnects;
@@ -498,6 +527,7 @@ async fn coordinate(args: &SseArgs, sources: Vec<IpAddr>) -> Result<Report, Erro
             }
         }
         latencies.sort_unstable();
+        arrivals.sort_unstable();
         rounds.push(RoundReport {
             round,
             version,
@@ -506,12 +536,17 @@ async fn coordinate(args: &SseArgs, sources: Vec<IpAddr>) -> Result<Report, Erro
             p50_ms: percentile_ms(&latencies, 50.0),
             p99_ms: percentile_ms(&latencies, 99.0),
             max_ms: percentile_ms(&latencies, 100.0),
+            arrival_p50_ms: percentile_ms(&arrivals, 50.0),
+            arrival_p99_ms: percentile_ms(&arrivals, 99.0),
+            arrival_max_ms: percentile_ms(&arrivals, 100.0),
         });
         all_latencies.extend(latencies);
+        all_arrivals.extend(arrivals);
         baseline = version;
     }
     let cpu_after = sample_server(&args.server_pids)?;
     all_latencies.sort_unstable();
+    all_arrivals.sort_unstable();
     let deliveries = all_latencies.len();
     let server_cpu_seconds = cpu_before.zip(cpu_after).map(|(b, a)| a.cpu_seconds - b.cpu_seconds);
 
@@ -560,6 +595,10 @@ async fn coordinate(args: &SseArgs, sources: Vec<IpAddr>) -> Result<Report, Erro
         latency_p50_ms: percentile_ms(&all_latencies, 50.0),
         latency_p99_ms: percentile_ms(&all_latencies, 99.0),
         latency_max_ms: percentile_ms(&all_latencies, 100.0),
+        arrival_latency_p50_ms: percentile_ms(&all_arrivals, 50.0),
+        arrival_latency_p99_ms: percentile_ms(&all_arrivals, 99.0),
+        arrival_latency_max_ms: percentile_ms(&all_arrivals, 100.0),
+        arrivals_stamped,
         server_cpu_seconds,
         server_cpu_us_per_delivery: server_cpu_seconds
             .filter(|_| deliveries > 0)

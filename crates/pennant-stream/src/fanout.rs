@@ -2,15 +2,15 @@
 //!
 //! With one task per connection woken through a broadcast channel, every delivery costs a wake-up, a poll of the
 //! connection's `select!`, a timer registration for the write timeout and a write. Here one writer task per
-//! environment and stream kind takes each frame from the environment's broadcast channel once and writes it to
-//! every registered connection's socket itself with a non-blocking vectored write: a delivery is one syscall, and
+//! environment and stream kind takes each frame from the environment's broadcast channel once, encodes it as an
+//! HTTP chunk once, and writes that to every registered connection's socket itself with one non-blocking write: a delivery is one syscall, and
 //! the connections' own tasks stay asleep. A write that would block, or writes only part of the frame, switches
 //! that connection to its task, which waits for the socket (with the write timeout) and writes what the writer
 //! queued for it in order; once it has caught up, direct writes resume. A connection whose queue reaches the
 //! channel capacity is closed, as a lagging broadcast receiver would be: its SDK reconnects with a fresh `put`.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
+use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -178,7 +178,10 @@ impl Shard {
 
     /// Delivers one frame to every registered connection.
     async fn deliver(&self, frame: &Bytes) {
-        let chunk = Chunk::new(frame);
+        if frame.is_empty() {
+            return; // An empty chunk would end the body.
+        }
+        let chunk = encode_chunk(frame);
         let mut next = 0;
         loop {
             {
@@ -233,53 +236,27 @@ pub(crate) fn chunk_header(len: usize) -> ([u8; 18], usize) {
     (header, header_len)
 }
 
-/// A frame as one HTTP chunk: size line, frame, CRLF. The size line lives on the stack; the frame is shared.
-struct Chunk<'a> {
-    header: [u8; 18],
-    header_len: usize,
-    frame: &'a Bytes,
-}
-
-impl<'a> Chunk<'a> {
-    fn new(frame: &'a Bytes) -> Chunk<'a> {
-        let (header, header_len) = chunk_header(frame.len());
-        Chunk { header, header_len, frame }
-    }
-
-    fn len(&self) -> usize {
-        self.header_len + self.frame.len() + 2
-    }
-
-    /// The bytes from `offset` on, as one owned buffer (only for the rare partly written frame).
-    fn rest(&self, offset: usize) -> Bytes {
-        let mut rest = BytesMut::with_capacity(self.len().saturating_sub(offset));
-        let parts: [&[u8]; 3] = [&self.header[..self.header_len], self.frame, b"\r\n"];
-        let mut skip = offset;
-        for part in parts {
-            let from = skip.min(part.len());
-            skip -= from;
-            rest.extend_from_slice(&part[from..]);
-        }
-        rest.freeze()
-    }
+/// A frame as one HTTP chunk (size line, frame, CRLF), encoded once per frame and shared by every connection.
+fn encode_chunk(frame: &Bytes) -> Bytes {
+    let (header, header_len) = chunk_header(frame.len());
+    let mut chunk = BytesMut::with_capacity(header_len + frame.len() + 2);
+    chunk.extend_from_slice(&header[..header_len]);
+    chunk.extend_from_slice(frame);
+    chunk.extend_from_slice(b"\r\n");
+    chunk.freeze()
 }
 
 impl LeanConn {
     /// Writes the chunk now if the connection is in direct mode and the socket takes it all; otherwise queues
     /// (the rest of) it for the connection's task.
-    fn offer(&self, chunk: &Chunk<'_>, capacity: usize) {
-        if chunk.frame.is_empty() {
-            return; // An empty chunk would end the body.
-        }
+    fn offer(&self, chunk: &Bytes, capacity: usize) {
         let mut out = lock(&self.out);
         if out.closed.is_some() {
             return;
         }
         let mut written = 0;
         if out.direct {
-            let parts =
-                [IoSlice::new(&chunk.header[..chunk.header_len]), IoSlice::new(chunk.frame), IoSlice::new(b"\r\n")];
-            match self.socket.try_write_vectored(&parts) {
+            match self.socket.try_write(chunk) {
                 Ok(n) if n == chunk.len() => return,
                 Ok(n) => written = n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -294,15 +271,12 @@ impl LeanConn {
         }
         if written > 0 {
             // Part of the chunk went out: the rest must follow before anything else.
-            out.pending.push_back(chunk.rest(written));
-        } else if out.pending.len() >= capacity.saturating_mul(3) {
+            out.pending.push_back(chunk.slice(written..));
+        } else if out.pending.len() >= capacity {
             out.closed = Some(Closed::Lagged);
             out.pending.clear();
         } else {
-            // A whole chunk as three parts, so the shared frame is not copied.
-            out.pending.push_back(Bytes::copy_from_slice(&chunk.header[..chunk.header_len]));
-            out.pending.push_back(chunk.frame.clone());
-            out.pending.push_back(Bytes::from_static(b"\r\n"));
+            out.pending.push_back(chunk.clone());
         }
         drop(out);
         self.wake.notify_one();
@@ -404,7 +378,7 @@ mod tests {
         frames.send(Bytes::from_static(b"a\n\n")).unwrap();
         frames.send(Bytes::from_static(b"bb\n\n")).unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while pending(&conn) < 6 {
+        while pending(&conn) < 2 {
             assert!(tokio::time::Instant::now() < deadline, "the writer never queued the frames");
             tokio::task::yield_now().await;
         }
@@ -435,7 +409,7 @@ mod tests {
         assert!(matches!(slow.conn.next(), Next::Idle));
         assert!(matches!(fast.conn.next(), Next::Idle));
         let frame = Bytes::from(vec![b'x'; 256 * 1024]);
-        let chunk_len = Chunk::new(&frame).len();
+        let chunk_len = encode_chunk(&frame).len();
         for sent in 1..=200 {
             frames.send(frame.clone()).unwrap();
             // The fast client keeps up, so its writes rarely block; when they do, its task catches up.

@@ -4,11 +4,14 @@
 use std::cell::{Cell, RefCell};
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpSocket;
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
+use nix::sys::time::TimeSpec;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Interest};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -124,11 +127,14 @@ async fn round(shared: &Shared, baseline: u64, sent_at_ns: u64) -> RoundReply {
     }
     shared.baseline.set(u64::MAX);
     let slots = shared.slots.borrow();
-    let latencies_ns: Vec<u64> =
-        slots.iter().filter(|s| s.version > baseline).map(|s| s.changed_ns.saturating_sub(sent_at_ns)).collect();
+    let changed = || slots.iter().filter(|s| s.version > baseline);
+    let latencies_ns: Vec<u64> = changed().map(|s| s.changed_ns.saturating_sub(sent_at_ns)).collect();
+    let arrival_latencies_ns: Vec<u64> = changed().map(|s| s.arrived_ns.saturating_sub(sent_at_ns)).collect();
     RoundReply {
         received: latencies_ns.len(),
         latencies_ns,
+        arrival_latencies_ns,
+        stamped: changed().filter(|s| s.stamped).count(),
         max_version: slots.iter().map(|s| s.version).max().unwrap_or(0),
         errors: shared.errors.get(),
         reconnects: shared.reconnects.get(),
@@ -140,8 +146,13 @@ struct Slot {
     has_put: bool,
     /// The newest version of the flag this connection has seen.
     version: u64,
-    /// When it arrived (Unix ns).
+    /// When the load tool read it (Unix ns).
     changed_ns: u64,
+    /// When it arrived in the socket's receive queue: the kernel's receive timestamp of the read that completed
+    /// it (Unix ns), or the read time where the kernel gave none.
+    arrived_ns: u64,
+    /// Whether `arrived_ns` is the kernel's timestamp.
+    stamped: bool,
 }
 
 #[derive(Debug)]
@@ -208,7 +219,7 @@ impl Shared {
         }
     }
 
-    fn seen(&self, slot: &mut Slot, version: u64, now: u64) {
+    fn seen(&self, slot: &mut Slot, version: u64, now: u64, arrived: Option<u64>) {
         if version <= slot.version {
             return;
         }
@@ -219,9 +230,12 @@ impl Shared {
         }
         slot.version = version;
         slot.changed_ns = now;
+        slot.arrived_ns = arrived.unwrap_or(now);
+        slot.stamped = arrived.is_some();
     }
 
-    fn on_event(&self, i: usize, name: &[u8], data: &[u8]) {
+    /// An event of connection `i` was read; the bytes that completed it arrived at `arrived_ns` (if known).
+    fn on_event(&self, i: usize, name: &[u8], data: &[u8], arrived_ns: Option<u64>) {
         let now = unix_nanos();
         let version = match name {
             b"put" => match put_version(data, &self.config.flag) {
@@ -243,7 +257,7 @@ impl Shared {
             self.last_put_ns.set(now);
             self.changed.notify_one();
         }
-        self.seen(slot, version, now);
+        self.seen(slot, version, now, arrived_ns);
     }
 
     fn lost(&self, i: usize) {
@@ -277,6 +291,9 @@ async fn stream_once(shared: &Shared, i: usize, source: IpAddr, got_put: &mut bo
     let socket = if source.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.bind(SocketAddr::new(source, 0))?;
     let mut stream = socket.connect(shared.config.target).await?;
+    // Receive timestamps: the latency of a change is measured to its arrival at this host, so that how soon this
+    // tool gets to read (it shares the cores with the server) does not count as the server's delivery time.
+    setsockopt(&stream, sockopt::ReceiveTimestampns, &true).map_err(io_error)?;
     stream.write_all(shared.config.request.as_bytes()).await?;
 
     let mut buf = vec![0u8; READ_BUFFER];
@@ -302,19 +319,22 @@ async fn stream_once(shared: &Shared, i: usize, source: IpAddr, got_put: &mut bo
     }
     let mut body = BodyDecoder::new(head.body);
     let mut sse = SseParser::default();
+    let arrived = Cell::new(None);
     let mut on_event = |name: &[u8], data: &[u8]| {
         if name == b"put" {
             *got_put = true;
         }
-        shared.on_event(i, name, data)
+        shared.on_event(i, name, data, arrived.get())
     };
     if body.feed(&buf[head.len..filled], &mut |d| sse.feed(d, &mut on_event))? {
         return Ok(());
     }
     buf.truncate(READ_BUFFER);
     buf.shrink_to_fit();
+    let mut control = nix::cmsg_space!(TimeSpec);
     loop {
-        let n = stream.read(&mut buf).await?;
+        let (n, stamp) = read_stamped(&stream, &mut buf, &mut control).await?;
+        arrived.set(stamp);
         if n == 0 {
             return if head.body == BodyKind::Close {
                 Ok(())
@@ -326,4 +346,33 @@ async fn stream_once(shared: &Shared, i: usize, source: IpAddr, got_put: &mut bo
             return Ok(());
         }
     }
+}
+
+/// Reads what is there, with the kernel's receive timestamp (Unix ns) of the last segment read.
+async fn read_stamped(stream: &TcpStream, buf: &mut [u8], control: &mut [u8]) -> std::io::Result<(usize, Option<u64>)> {
+    loop {
+        stream.readable().await?;
+        match stream.try_io(Interest::READABLE, || recv_stamped(stream, buf, control)) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            result => return result,
+        }
+    }
+}
+
+fn recv_stamped(stream: &TcpStream, buf: &mut [u8], control: &mut [u8]) -> std::io::Result<(usize, Option<u64>)> {
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(control), MsgFlags::MSG_DONTWAIT).map_err(io_error)?;
+    let mut stamp = None;
+    for cmsg in msg.cmsgs().map_err(io_error)? {
+        if let ControlMessageOwned::ScmTimestampns(at) = cmsg {
+            let secs = u64::try_from(at.tv_sec()).unwrap_or(0);
+            let nanos = u64::try_from(at.tv_nsec()).unwrap_or(0);
+            stamp = Some(secs.saturating_mul(1_000_000_000).saturating_add(nanos));
+        }
+    }
+    Ok((msg.bytes, stamp))
+}
+
+fn io_error(errno: nix::errno::Errno) -> std::io::Error {
+    std::io::Error::from(errno)
 }
