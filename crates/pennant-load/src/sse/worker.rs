@@ -289,6 +289,11 @@ async fn connection(shared: Rc<Shared>, i: usize, source: IpAddr) {
 
 async fn stream_once(shared: &Shared, i: usize, source: IpAddr, got_put: &mut bool) -> Result<(), Error> {
     let socket = if source.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if source.is_ipv4() {
+        // The port is then picked at connect time for the whole 4-tuple, which may reuse a port an earlier run or
+        // the storm left in TIME_WAIT (loopback allows that by default), instead of at bind time among free ones.
+        setsockopt(&socket, sockopt::IpBindAddressNoPort, &true).map_err(io_error)?;
+    }
     socket.bind(SocketAddr::new(source, 0))?;
     let mut stream = socket.connect(shared.config.target).await?;
     // Receive timestamps: the latency of a change is measured to its arrival at this host, so that how soon this
