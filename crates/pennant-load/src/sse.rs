@@ -277,7 +277,8 @@ struct RoundReport {
     p50_ms: Option<f64>,
     p99_ms: Option<f64>,
     max_ms: Option<f64>,
-    /// From the change's request to the arrival in the client's socket.
+    /// From the change's request to the arrival in the client's socket (the first one: the fan-out's start).
+    arrival_min_ms: Option<f64>,
     arrival_p50_ms: Option<f64>,
     arrival_p99_ms: Option<f64>,
     arrival_max_ms: Option<f64>,
@@ -310,6 +311,7 @@ struct Report {
     latency_p50_ms: Option<f64>,
     latency_p99_ms: Option<f64>,
     latency_max_ms: Option<f64>,
+    arrival_latency_min_ms: Option<f64>,
     arrival_latency_p50_ms: Option<f64>,
     arrival_latency_p99_ms: Option<f64>,
     arrival_latency_max_ms: Option<f64>,
@@ -353,15 +355,16 @@ impl Report {
             "latency from the change's request: to its arrival in the client's socket | to the load tool's read".into(),
         );
         line(format!(
-            "{:<6} {:>8} {:>15} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9}",
-            "round", "version", "received", "p50 ms", "p99 ms", "max ms", "p50 ms", "p99 ms", "max ms"
+            "{:<6} {:>8} {:>15} {:>9} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9}",
+            "round", "version", "received", "min ms", "p50 ms", "p99 ms", "max ms", "p50 ms", "p99 ms", "max ms"
         ));
         for r in &self.rounds {
             line(format!(
-                "{:<6} {:>8} {:>15} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9}",
+                "{:<6} {:>8} {:>15} {:>9} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9}",
                 r.round,
                 r.version,
                 format!("{}/{}", r.received, self.connections),
+                ms(r.arrival_min_ms),
                 ms(r.arrival_p50_ms),
                 ms(r.arrival_p99_ms),
                 ms(r.arrival_max_ms),
@@ -371,10 +374,11 @@ impl Report {
             ));
         }
         line(format!(
-            "{:<6} {:>8} {:>15} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9}",
+            "{:<6} {:>8} {:>15} {:>9} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9}",
             "all",
             "",
             self.deliveries,
+            ms(self.arrival_latency_min_ms),
             ms(self.arrival_latency_p50_ms),
             ms(self.arrival_latency_p99_ms),
             ms(self.arrival_latency_max_ms),
@@ -536,6 +540,7 @@ async fn coordinate(args: &SseArgs, sources: Vec<IpAddr>) -> Result<Report, Erro
             p50_ms: percentile_ms(&latencies, 50.0),
             p99_ms: percentile_ms(&latencies, 99.0),
             max_ms: percentile_ms(&latencies, 100.0),
+            arrival_min_ms: percentile_ms(&arrivals, 0.0),
             arrival_p50_ms: percentile_ms(&arrivals, 50.0),
             arrival_p99_ms: percentile_ms(&arrivals, 99.0),
             arrival_max_ms: percentile_ms(&arrivals, 100.0),
@@ -595,6 +600,7 @@ async fn coordinate(args: &SseArgs, sources: Vec<IpAddr>) -> Result<Report, Erro
         latency_p50_ms: percentile_ms(&all_latencies, 50.0),
         latency_p99_ms: percentile_ms(&all_latencies, 99.0),
         latency_max_ms: percentile_ms(&all_latencies, 100.0),
+        arrival_latency_min_ms: percentile_ms(&all_arrivals, 0.0),
         arrival_latency_p50_ms: percentile_ms(&all_arrivals, 50.0),
         arrival_latency_p99_ms: percentile_ms(&all_arrivals, 99.0),
         arrival_latency_max_ms: percentile_ms(&all_arrivals, 100.0),
