@@ -123,7 +123,7 @@ pub(crate) enum FromWorker {
 pub(crate) struct Progress {
     /// Connections holding a `put`.
     connected: usize,
-    /// When the last of them got it (Unix ns).
+    /// When the last of them got it: its arrival in the socket (Unix ns).
     at_ns: u64,
     min_version: u64,
     max_version: u64,

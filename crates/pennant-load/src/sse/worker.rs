@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
 use nix::sys::time::TimeSpec;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Interest};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -254,7 +254,8 @@ impl Shared {
         if name == b"put" && !slot.has_put {
             slot.has_put = true;
             self.ready.set(self.ready.get() + 1);
-            self.last_put_ns.set(now);
+            // Puts may be read out of their arrival order: keep the latest arrival.
+            self.last_put_ns.set(self.last_put_ns.get().max(arrived_ns.unwrap_or(now)));
             self.changed.notify_one();
         }
         self.seen(slot, version, now, arrived_ns);
@@ -302,6 +303,8 @@ async fn stream_once(shared: &Shared, i: usize, source: IpAddr, got_put: &mut bo
     stream.write_all(shared.config.request.as_bytes()).await?;
 
     let mut buf = vec![0u8; READ_BUFFER];
+    let mut control = nix::cmsg_space!(TimeSpec);
+    let arrived = Cell::new(None);
     let mut filled = 0;
     let head = loop {
         if filled == buf.len() {
@@ -310,7 +313,8 @@ async fn stream_once(shared: &Shared, i: usize, source: IpAddr, got_put: &mut bo
             }
             buf.resize(buf.len() * 2, 0);
         }
-        let n = stream.read(&mut buf[filled..]).await?;
+        let (n, stamp) = read_stamped(&stream, &mut buf[filled..], &mut control).await?;
+        arrived.set(stamp);
         if n == 0 {
             return Err(Error::Worker("connection closed before the response head".into()));
         }
@@ -324,7 +328,6 @@ async fn stream_once(shared: &Shared, i: usize, source: IpAddr, got_put: &mut bo
     }
     let mut body = BodyDecoder::new(head.body);
     let mut sse = SseParser::default();
-    let arrived = Cell::new(None);
     let mut on_event = |name: &[u8], data: &[u8]| {
         if name == b"put" {
             *got_put = true;
@@ -336,7 +339,6 @@ async fn stream_once(shared: &Shared, i: usize, source: IpAddr, got_put: &mut bo
     }
     buf.truncate(READ_BUFFER);
     buf.shrink_to_fit();
-    let mut control = nix::cmsg_space!(TimeSpec);
     loop {
         let (n, stamp) = read_stamped(&stream, &mut buf, &mut control).await?;
         arrived.set(stamp);
