@@ -2,12 +2,13 @@
 //!
 //! With one task per connection woken through a broadcast channel, every delivery costs a wake-up, a poll of the
 //! connection's `select!`, a timer registration for the write timeout and a write. Here one writer task per
-//! environment and stream kind takes each frame from the environment's broadcast channel once, encodes it as an
-//! HTTP chunk once, and writes that to every registered connection's socket itself with one non-blocking write: a delivery is one syscall, and
-//! the connections' own tasks stay asleep. A write that would block, or writes only part of the frame, switches
-//! that connection to its task, which waits for the socket (with the write timeout) and writes what the writer
-//! queued for it in order; once it has caught up, direct writes resume. A connection whose queue reaches the
-//! channel capacity is closed, as a lagging broadcast receiver would be: its SDK reconnects with a fresh `put`.
+//! environment and stream kind takes each frame from the environment's broadcast channel once, encodes it as an HTTP
+//! chunk once, and writes that to every registered connection's socket itself with one non-blocking `send`: a
+//! delivery is one syscall, and the connections' own tasks stay asleep. A write that would block, or writes only
+//! part of the frame, switches that connection to its task, which waits for the socket (with the write timeout) and
+//! writes what the writer queued for it in order; once it has caught up, direct writes resume. A connection whose
+//! queue reaches the channel capacity is closed, as a lagging broadcast receiver would be: its SDK reconnects with a
+//! fresh `put`.
 
 use std::collections::VecDeque;
 use std::io;

@@ -293,13 +293,13 @@ async fn stream_once(shared: &Shared, i: usize, source: IpAddr, got_put: &mut bo
     if source.is_ipv4() {
         // The port is then picked at connect time for the whole 4-tuple, which may reuse a port an earlier run or
         // the storm left in TIME_WAIT (loopback allows that by default), instead of at bind time among free ones.
-        setsockopt(&socket, sockopt::IpBindAddressNoPort, &true).map_err(io_error)?;
+        setsockopt(&socket, sockopt::IpBindAddressNoPort, &true).map_err(std::io::Error::from)?;
     }
     socket.bind(SocketAddr::new(source, 0))?;
     let mut stream = socket.connect(shared.config.target).await?;
     // Receive timestamps: the latency of a change is measured to its arrival at this host, so that how soon this
     // tool gets to read (it shares the cores with the server) does not count as the server's delivery time.
-    setsockopt(&stream, sockopt::ReceiveTimestampns, &true).map_err(io_error)?;
+    setsockopt(&stream, sockopt::ReceiveTimestampns, &true).map_err(std::io::Error::from)?;
     stream.write_all(shared.config.request.as_bytes()).await?;
 
     let mut buf = vec![0u8; READ_BUFFER];
@@ -368,9 +368,10 @@ async fn read_stamped(stream: &TcpStream, buf: &mut [u8], control: &mut [u8]) ->
 
 fn recv_stamped(stream: &TcpStream, buf: &mut [u8], control: &mut [u8]) -> std::io::Result<(usize, Option<u64>)> {
     let mut iov = [std::io::IoSliceMut::new(buf)];
-    let msg = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(control), MsgFlags::MSG_DONTWAIT).map_err(io_error)?;
+    let msg = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(control), MsgFlags::MSG_DONTWAIT)
+        .map_err(std::io::Error::from)?;
     let mut stamp = None;
-    for cmsg in msg.cmsgs().map_err(io_error)? {
+    for cmsg in msg.cmsgs().map_err(std::io::Error::from)? {
         if let ControlMessageOwned::ScmTimestampns(at) = cmsg {
             let secs = u64::try_from(at.tv_sec()).unwrap_or(0);
             let nanos = u64::try_from(at.tv_nsec()).unwrap_or(0);
@@ -378,8 +379,4 @@ fn recv_stamped(stream: &TcpStream, buf: &mut [u8], control: &mut [u8]) -> std::
         }
     }
     Ok((msg.bytes, stamp))
-}
-
-fn io_error(errno: nix::errno::Errno) -> std::io::Error {
-    std::io::Error::from(errno)
 }
