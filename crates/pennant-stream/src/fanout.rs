@@ -1,44 +1,44 @@
 //! Direct fan-out to lean stream connections.
 //!
 //! With one task per connection woken through a broadcast channel, every delivery costs a wake-up, a poll of the
-//! connection's `select!`, a timer registration for the write timeout and a write. Here one writer task per
+//! connection's `select!`, a timer registration for the write timeout and a write. Here one dispatcher task per
 //! environment and stream kind takes each frame from the environment's broadcast channel once, encodes it as an HTTP
-//! chunk once, and writes that to every registered connection's socket itself with one non-blocking `send`: a
-//! delivery is one syscall, and the connections' own tasks stay asleep. A write that would block, or writes only
-//! part of the frame, switches that connection to its task, which waits for the socket (with the write timeout) and
-//! writes what the writer queued for it in order; once it has caught up, direct writes resume. A connection whose
-//! queue reaches the channel capacity is closed, as a lagging broadcast receiver would be: its SDK reconnects with a
-//! fresh `put`.
+//! chunk once, and has as many writers as the runtime has workers (itself and helper tasks it spawns for the frame)
+//! write that to every registered connection's socket with one non-blocking `send`: a delivery is one syscall, and the connections' own tasks stay asleep. The writers
+//! share the connections of a frame through one cursor, a turn of connections at a time, so that all of them finish
+//! together: with a fixed share each, the writer that got less CPU from the kernel would finish last, alone on one
+//! core, and set the tail latency. The dispatcher waits for every writer before it takes the next frame, so each
+//! connection gets the frames in order.
+//!
+//! A write that would block, or writes only part of the frame, switches that connection to its task, which waits
+//! for the socket (with the write timeout) and writes what the writers queued for it in order; once it has caught
+//! up, direct writes resume. A connection whose queue reaches the channel capacity is closed, as a lagging broadcast
+//! receiver would be: its SDK reconnects with a fresh `put`.
 
 use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::sync::broadcast::{self, error::RecvError};
 
-/// Connections written per turn; the writer yields between turns so that other tasks on its thread run.
+/// Connections written per turn; a writer yields between turns so that other tasks on its thread run.
 const TURN: usize = 256;
 
-/// The lean connections of one environment's stream kind, spread over shards: one per runtime worker thread, each
-/// with its own writer task, so that a change reaches a large environment's connections on every core at once.
+/// The lean connections of one environment's stream kind, and the writers that feed them.
 #[derive(Debug)]
 pub(crate) struct Fanout {
-    shards: Vec<Arc<Shard>>,
-    next: AtomicUsize,
-}
-
-/// Some of the registered connections, and the writer that feeds them.
-#[derive(Debug)]
-pub(crate) struct Shard {
-    // Slots, reused after a connection leaves, so the writer walks a dense vector.
-    slots: Mutex<Slots>,
+    // Slots, reused after a connection leaves, so the writers walk a dense vector. Writers read it at the same
+    // time; registering and leaving wait for the turns in progress.
+    slots: RwLock<Slots>,
     live: AtomicUsize,
     capacity: usize,
+    writers: usize,
+    turn: usize,
 }
 
 #[derive(Debug, Default)]
@@ -47,7 +47,14 @@ struct Slots {
     free: Vec<usize>,
 }
 
-/// One lean connection, shared by its own task and the writer.
+/// One frame on its way to every connection: the writers take turns of connections from `next`.
+struct Pass {
+    chunk: Bytes,
+    next: AtomicUsize,
+    // Connections the chunk was offered to, counted as each turn ends.
+    offered: AtomicUsize,
+}
+/// One lean connection, shared by its own task and the fan-out's writers.
 #[derive(Debug)]
 pub(crate) struct LeanConn {
     /// The client's socket. Both sides only use `&TcpStream` readiness methods; the `out` lock orders writes.
@@ -60,12 +67,12 @@ pub(crate) struct LeanConn {
 struct Outgoing {
     // Bytes the connection's task still has to write, in order, before direct writes may resume.
     pending: VecDeque<Bytes>,
-    // The writer may write to the socket itself: the task has written the head and everything pending.
+    // The writers may write to the socket themselves: the task has written the head and everything pending.
     direct: bool,
     closed: Option<Closed>,
 }
 
-/// Why the writer closed a connection.
+/// Why the fan-out closed a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Closed {
     /// It fell `capacity` frames behind.
@@ -86,13 +93,13 @@ pub(crate) enum Next {
 
 /// A registration that removes the connection from its fan-out when dropped.
 pub(crate) struct Registration {
-    fanout: Arc<Shard>,
+    fanout: Arc<Fanout>,
     slot: Option<usize>,
     pub(crate) conn: Arc<LeanConn>,
 }
 
 impl Registration {
-    /// Leaves the fan-out and gives the socket back (it is the last owner once the writer let go of it).
+    /// Leaves the fan-out and gives the socket back (it is the last owner once the writers let go of it).
     pub(crate) fn into_socket(mut self) -> Option<TcpStream> {
         if let Some(slot) = self.slot.take() {
             self.fanout.remove(slot);
@@ -112,42 +119,29 @@ impl Drop for Registration {
 }
 
 impl Fanout {
-    /// A fan-out of `shards` writers (at least one), each with its own subscription of `frames`.
-    pub(crate) fn start(frames: &broadcast::Sender<Bytes>, capacity: usize, shards: usize) -> Fanout {
-        let shards = (0..shards.max(1)).map(|_| Shard::start(frames.subscribe(), capacity)).collect();
-        Fanout { shards, next: AtomicUsize::new(0) }
+    /// A fan-out with `writers` writer tasks (at least one), fed by a fresh subscription of `frames`; spawns its
+    /// dispatcher.
+    pub(crate) fn start(frames: &broadcast::Sender<Bytes>, capacity: usize, writers: usize) -> Arc<Fanout> {
+        Fanout::start_with_turn(frames, capacity, writers, TURN)
     }
 
-    /// Registers a connection with the next shard in turn (see [`Shard::register`]).
-    pub(crate) fn register(&self, socket: TcpStream) -> Registration {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
-        self.shards[i].register(socket)
-    }
-
-    /// Registered connections.
-    pub(crate) fn connections(&self) -> usize {
-        self.shards.iter().map(|shard| shard.connections()).sum()
-    }
-
-    /// How many receivers of the environment's channel the writers hold.
-    pub(crate) fn writers(&self) -> usize {
-        self.shards.len()
-    }
-}
-
-impl Shard {
-    /// A shard fed by `frames` (a fresh subscription of the environment's channel); spawns its writer.
-    fn start(frames: broadcast::Receiver<Bytes>, capacity: usize) -> Arc<Shard> {
-        let shard = Arc::new(Shard { slots: Mutex::default(), live: AtomicUsize::new(0), capacity: capacity.max(1) });
-        tokio::spawn(writer(Arc::downgrade(&shard), frames));
-        shard
+    fn start_with_turn(frames: &broadcast::Sender<Bytes>, capacity: usize, writers: usize, turn: usize) -> Arc<Fanout> {
+        let fanout = Arc::new(Fanout {
+            slots: RwLock::default(),
+            live: AtomicUsize::new(0),
+            capacity: capacity.max(1),
+            writers: writers.max(1),
+            turn: turn.max(1),
+        });
+        tokio::spawn(dispatcher(Arc::downgrade(&fanout), frames.subscribe()));
+        fanout
     }
 
     /// Registers a connection. Until its task calls [`LeanConn::next`] and gets [`Next::Idle`], frames are queued
     /// for the task, so the task can write the response head and the `put` first.
-    fn register(self: &Arc<Shard>, socket: TcpStream) -> Registration {
+    pub(crate) fn register(self: &Arc<Fanout>, socket: TcpStream) -> Registration {
         let conn = Arc::new(LeanConn { socket, out: Mutex::default(), wake: Notify::new() });
-        let mut slots = lock(&self.slots);
+        let mut slots = write(&self.slots);
         let slot = match slots.free.pop() {
             Some(slot) => {
                 slots.conns[slot] = Some(conn.clone());
@@ -164,7 +158,7 @@ impl Shard {
     }
 
     fn remove(&self, slot: usize) {
-        let mut slots = lock(&self.slots);
+        let mut slots = write(&self.slots);
         if let Some(entry) = slots.conns.get_mut(slot)
             && entry.take().is_some()
         {
@@ -173,47 +167,82 @@ impl Shard {
         }
     }
 
-    fn connections(&self) -> usize {
+    /// Registered connections.
+    pub(crate) fn connections(&self) -> usize {
         self.live.load(Ordering::Relaxed)
     }
 
-    /// Delivers one frame to every registered connection.
-    async fn deliver(&self, frame: &Bytes) {
+    /// How many receivers of the environment's channel the fan-out holds (its dispatcher's).
+    pub(crate) fn receivers(&self) -> usize {
+        1
+    }
+
+    /// Delivers one frame to every registered connection, with all writers, and returns once they are done: how
+    /// many connections it was offered to.
+    async fn deliver(self: &Arc<Fanout>, frame: &Bytes) -> usize {
         if frame.is_empty() {
-            return; // An empty chunk would end the body.
+            return 0; // An empty chunk would end the body.
         }
-        let chunk = encode_chunk(frame);
-        let mut next = 0;
+        let started = Instant::now();
+        let pass =
+            Arc::new(Pass { chunk: encode_chunk(frame), next: AtomicUsize::new(0), offered: AtomicUsize::new(0) });
+        // No more writers than turns: a small fan-out is written by one task, without spawning.
+        let turns = read(&self.slots).conns.len().div_ceil(self.turn);
+        let helpers: Vec<_> = (1..self.writers.min(turns))
+            .map(|_| {
+                let (fanout, pass) = (self.clone(), pass.clone());
+                tokio::spawn(async move { fanout.write_turns(&pass).await })
+            })
+            .collect();
+        self.write_turns(&pass).await;
+        for helper in helpers {
+            // A helper that panicked has stopped taking turns; the others took the rest.
+            let _ = helper.await;
+        }
+        let took = started.elapsed();
+        let offered = pass.offered.load(Ordering::Relaxed);
+        metrics::histogram!("pennant_stream_fanout_seconds").record(took.as_secs_f64());
+        tracing::debug!(connections = offered, took_us = took.as_micros(), "fan-out of one frame done");
+        offered
+    }
+
+    /// Takes turns of connections from `pass` and writes its chunk to them, until none are left.
+    async fn write_turns(&self, pass: &Pass) {
         loop {
+            let start = pass.next.fetch_add(self.turn, Ordering::Relaxed);
             {
-                let slots = lock(&self.slots);
-                let end = (next + TURN).min(slots.conns.len());
-                for conn in slots.conns[next..end].iter().flatten() {
-                    conn.offer(&chunk, self.capacity);
-                }
-                if end >= slots.conns.len() {
+                let slots = read(&self.slots);
+                let Some(turn) = slots.conns.get(start..(start + self.turn).min(slots.conns.len())) else { return };
+                if turn.is_empty() {
                     return;
                 }
-                next = end;
+                let mut offered = 0;
+                for conn in turn.iter().flatten() {
+                    conn.offer(&pass.chunk, self.capacity);
+                    offered += 1;
+                }
+                pass.offered.fetch_add(offered, Ordering::Relaxed);
             }
             tokio::task::yield_now().await;
         }
     }
 
-    /// Closes every connection (the writer fell behind its channel).
+    /// Closes every connection (the dispatcher fell behind its channel).
     fn close_all(&self, why: Closed) {
-        for conn in lock(&self.slots).conns.iter().flatten() {
+        for conn in read(&self.slots).conns.iter().flatten() {
             conn.close(why);
         }
     }
 }
 
-async fn writer(fanout: std::sync::Weak<Shard>, mut frames: broadcast::Receiver<Bytes>) {
+async fn dispatcher(fanout: Weak<Fanout>, mut frames: broadcast::Receiver<Bytes>) {
     loop {
         let received = frames.recv().await;
         let Some(fanout) = fanout.upgrade() else { return };
         match received {
-            Ok(frame) => fanout.deliver(&frame).await,
+            Ok(frame) => {
+                fanout.deliver(&frame).await;
+            }
             Err(RecvError::Lagged(_)) => {
                 metrics::counter!("pennant_stream_fanout_lagged_total").increment(1);
                 fanout.close_all(Closed::Lagged);
@@ -315,7 +344,7 @@ impl LeanConn {
         lock(&self.out).closed
     }
 
-    /// Waits until the writer has queued something or closed the connection.
+    /// Waits until a writer has queued something or the fan-out closed the connection.
     pub(crate) async fn woken(&self) {
         self.wake.notified().await;
     }
@@ -338,9 +367,17 @@ impl LeanConn {
     }
 }
 
+// The data behind these locks stays consistent whatever panicked while holding one.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The data behind these locks stays consistent whatever panicked while holding one.
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -396,6 +433,60 @@ mod tests {
         drop(conn);
         assert!(registration.into_socket().is_some(), "the socket comes back once the connection leaves");
         assert_eq!(fanout.connections(), 0);
+    }
+
+    /// Several writers share each frame's connections a turn at a time; every connection still gets every frame
+    /// once and in order, because a frame's writers all finish before the next frame starts.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writers_sharing_the_connections_deliver_every_frame_once_and_in_order() {
+        let frames = broadcast::channel(128).0;
+        let fanout = Fanout::start_with_turn(&frames, 128, 4, 3);
+        let mut clients = Vec::new();
+        let mut registrations = Vec::new();
+        for _ in 0..50 {
+            let (server, client) = socket_pair().await;
+            let registration = fanout.register(server);
+            assert!(matches!(registration.conn.next(), Next::Idle));
+            registrations.push(registration);
+            clients.push(client);
+        }
+        let mut expected = Vec::new();
+        for i in 0..100 {
+            let frame = Bytes::from(format!("data: {i}\n\n"));
+            expected.extend_from_slice(&encode_chunk(&frame));
+            frames.send(frame).unwrap();
+        }
+        for (n, client) in clients.iter_mut().enumerate() {
+            assert_eq!(read_exactly(client, expected.len()).await, expected, "connection {n}");
+        }
+        for registration in &registrations {
+            assert_eq!(pending(&registration.conn), 0, "every frame went out directly");
+        }
+    }
+
+    /// A frame's delivery ends only when every writer is done with it: every connection has been offered it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_frame_is_done_only_when_every_writer_is() {
+        let frames = broadcast::channel(4).0;
+        // Four turns: the dispatcher and a helper on another thread take two each, at the same time.
+        let fanout = Fanout::start_with_turn(&frames, 4, 2, 50);
+        let mut clients = Vec::new();
+        let mut registrations = Vec::new();
+        for _ in 0..200 {
+            let (server, client) = socket_pair().await;
+            let registration = fanout.register(server);
+            assert!(matches!(registration.conn.next(), Next::Idle));
+            registrations.push(registration);
+            clients.push(client);
+        }
+        for i in 0..20 {
+            let frame = Bytes::from(format!("data: {i}\n\n"));
+            assert_eq!(fanout.deliver(&frame).await, 200, "frame {i} was done before every connection had it");
+            let chunk = encode_chunk(&frame);
+            for (n, client) in clients.iter_mut().enumerate() {
+                assert_eq!(read_exactly(client, chunk.len()).await, chunk, "frame {i}, connection {n}");
+            }
+        }
     }
 
     /// A connection that stops reading is closed once `capacity` frames wait for it; the others are not held up.

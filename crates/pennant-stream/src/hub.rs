@@ -110,13 +110,13 @@ impl EnvChannel {
 
     fn listening(frames: &broadcast::Sender<Bytes>, lean: &OnceLock<Arc<Fanout>>) -> usize {
         match lean.get() {
-            // The lean writers' receivers stand for all their connections.
-            Some(fanout) => frames.receiver_count().saturating_sub(fanout.writers()) + fanout.connections(),
+            // The lean fan-out's receiver stands for all its connections.
+            Some(fanout) => frames.receiver_count().saturating_sub(fanout.receivers()) + fanout.connections(),
             None => frames.receiver_count(),
         }
     }
 
-    /// The writer of the lean connections of a stream kind, started on first use.
+    /// The fan-out to the lean connections of a stream kind, started on first use.
     pub(crate) fn lean_fanout(&self, kind: StreamKind) -> Arc<Fanout> {
         let (cell, frames) = match kind {
             StreamKind::All => (&self.lean_all, &self.frames),
@@ -124,7 +124,7 @@ impl EnvChannel {
         };
         // A writer per runtime worker: a large environment's connections are written on every core at once.
         let workers = tokio::runtime::Handle::try_current().map_or(1, |rt| rt.metrics().num_workers());
-        cell.get_or_init(|| Arc::new(Fanout::start(frames, self.capacity, workers))).clone()
+        cell.get_or_init(|| Fanout::start(frames, self.capacity, workers)).clone()
     }
 
     /// Drops the current snapshot; the next asker builds a new one.

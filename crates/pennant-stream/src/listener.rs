@@ -108,7 +108,7 @@ async fn try_lean(socket: TcpStream, state: &StreamState) -> Option<TcpStream> {
         _ => return Some(socket), // axum answers with the right error.
     };
     // Registered before the snapshot is read, so that no change committed in between is missed (SDKs ignore a
-    // patch whose version they already have); what the writer sends meanwhile waits in the connection's queue.
+    // patch whose version they already have); what the fan-out sends meanwhile waits in the connection's queue.
     let channel = state.hub.channel(&env);
     let registration = channel.lean_fanout(request.kind).register(socket);
     let first = match channel.snapshot(&state.source).await {
@@ -159,7 +159,7 @@ async fn peek_request(socket: &TcpStream) -> io::Result<Option<LeanRequest>> {
     Ok(key.map(|key| LeanRequest { head_len, kind, key }))
 }
 
-/// Writes the response head and the first frame, then whatever the fan-out's writer queued for this connection
+/// Writes the response head and the first frame, then whatever the fan-out's writers queued for this connection
 /// (it writes most frames itself), until the stream ends: the client goes away, falls too far behind, stops
 /// reading, the connection reaches its lifetime, or the server shuts down. The body is chunked (SSE clients such
 /// as urllib3 buffer a close-delimited body until a whole read buffer is full), and the connection closes when
@@ -192,7 +192,7 @@ async fn lean_stream(registration: Registration, head_len: usize, first: Bytes, 
     drop(first);
     let mut scratch = [0u8; 64];
     'stream: while !failed {
-        // Catch up with what the writer queued; when nothing is left it writes to this socket directly again.
+        // Catch up with what the writers queued; when nothing is left they write to this socket directly again.
         loop {
             match conn.next() {
                 Next::Write(bytes) => {
@@ -208,7 +208,7 @@ async fn lean_stream(registration: Registration, head_len: usize, first: Bytes, 
                                 }
                                 break;
                             }
-                            // The writer queued more, or closed the connection while this write waits.
+                            // A writer queued more, or closed the connection while this write waits.
                             () = conn.woken() => {
                                 if let Some(why) = conn.closed() {
                                     count_closed(why);

@@ -114,6 +114,7 @@ async fn relay_round(store: &Store, hub: &Hub, last: i64, batch: u32) -> Result<
             continue;
         }
         let (frame, flags_frame) = change_frames(store, row, old_style).await?;
+        tracing::debug!(outbox_id = row.id, "publishing a change");
         channel.publish(frame);
         if let Some(frame) = flags_frame {
             channel.publish_flags(frame);

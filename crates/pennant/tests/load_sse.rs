@@ -70,5 +70,13 @@ fn sse_load_tool_delivers_every_change_and_survives_a_storm() {
     let (status, flag) = request(&server.url, "GET", "/api/v2/flags/default/load", &token, &[], None);
     assert_eq!(status, 200);
     assert_eq!(flag["environments"]["production"]["on"], false, "{flag}");
+    // The rounds' changes went out through the lean fan-out, which times each frame.
+    let (status, metrics) = common::http(&server.url, "GET", "/metrics", None);
+    assert_eq!(status, 200);
+    let fanouts = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pennant_stream_fanout_seconds_count "))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    assert!(fanouts.is_some_and(|n| n >= 2), "a fan-out per change: {fanouts:?}");
     assert!(server.stop().success());
 }
