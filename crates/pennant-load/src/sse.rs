@@ -315,6 +315,9 @@ struct Report {
     arrival_latency_p50_ms: Option<f64>,
     arrival_latency_p99_ms: Option<f64>,
     arrival_latency_max_ms: Option<f64>,
+    /// Each change's p99 to arrival, over the changes: the median change's and the worst change's.
+    round_arrival_p99_median_ms: Option<f64>,
+    round_arrival_p99_max_ms: Option<f64>,
     /// Deliveries whose arrival time is the kernel's receive timestamp.
     arrivals_stamped: usize,
     server_cpu_seconds: Option<f64>,
@@ -386,6 +389,9 @@ impl Report {
             ms(self.latency_p99_ms),
             ms(self.latency_max_ms)
         ));
+        if let (Some(median), Some(worst)) = (self.round_arrival_p99_median_ms, self.round_arrival_p99_max_ms) {
+            line(format!("per change p99 to arrival: median {median:.1} ms, worst {worst:.1} ms"));
+        }
         if let (Some(cpu), Some(per)) = (self.server_cpu_seconds, self.server_cpu_us_per_delivery) {
             line(format!("server CPU {cpu:.2} s for {} deliveries = {per:.1} us per delivery", self.deliveries));
         }
@@ -595,7 +601,6 @@ async fn coordinate(args: &SseArgs, sources: Vec<IpAddr>) -> Result<Report, Erro
         server_rss_per_connection_bytes: server_before
             .zip(server_connected)
             .map(|(b, a)| (a.rss_bytes as f64 - b.rss_bytes as f64) / args.connections as f64),
-        rounds,
         deliveries,
         latency_p50_ms: percentile_ms(&all_latencies, 50.0),
         latency_p99_ms: percentile_ms(&all_latencies, 99.0),
@@ -604,6 +609,8 @@ async fn coordinate(args: &SseArgs, sources: Vec<IpAddr>) -> Result<Report, Erro
         arrival_latency_p50_ms: percentile_ms(&all_arrivals, 50.0),
         arrival_latency_p99_ms: percentile_ms(&all_arrivals, 99.0),
         arrival_latency_max_ms: percentile_ms(&all_arrivals, 100.0),
+        round_arrival_p99_median_ms: median(rounds.iter().filter_map(|r| r.arrival_p99_ms).collect()),
+        round_arrival_p99_max_ms: rounds.iter().filter_map(|r| r.arrival_p99_ms).reduce(f64::max),
         arrivals_stamped,
         server_cpu_seconds,
         server_cpu_us_per_delivery: server_cpu_seconds
@@ -613,7 +620,19 @@ async fn coordinate(args: &SseArgs, sources: Vec<IpAddr>) -> Result<Report, Erro
         errors,
         reconnects,
         first_error,
+        rounds,
     })
+}
+
+/// The median of `values` (the mean of the two middle ones for an even count).
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_unstable_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
 }
 
 #[cfg(test)]
@@ -630,6 +649,13 @@ mod tests {
         assert!(parse_sources("127.0.0.4-127.0.0.2").is_err());
         assert!(parse_sources("127.0.0.1-127.0.1.2").is_err());
         assert!(parse_sources("nope").is_err());
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), Some(2.5));
     }
 
     #[test]

@@ -60,6 +60,9 @@ fn sse_load_tool_delivers_every_change_and_survives_a_storm() {
     assert_eq!(report["arrivals_stamped"], 400, "every delivery has the kernel's receive timestamp: {report}");
     let (arrival, read) = (&report["arrival_latency_p99_ms"], &report["latency_p99_ms"]);
     assert!(arrival.as_f64().unwrap() <= read.as_f64().unwrap(), "arrives before it is read: {report}");
+    let (median, worst) = (&report["round_arrival_p99_median_ms"], &report["round_arrival_p99_max_ms"]);
+    assert!(median.as_f64().unwrap() <= worst.as_f64().unwrap(), "{report}");
+    assert!(stdout.contains("per change p99 to arrival: median"), "{stdout}");
     assert_eq!(report["storm"]["complete"], true, "{report}");
     assert_eq!(report["storm"]["connected"], 200, "{report}");
     assert!(report["server_rss_per_connection_bytes"].is_number(), "{report}");
