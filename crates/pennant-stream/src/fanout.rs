@@ -397,6 +397,21 @@ mod tests {
         lock(&conn.out).pending.len()
     }
 
+    /// `n` connections registered with `fanout` and already caught up (the writers write to them directly), and
+    /// their clients.
+    async fn direct_connections(fanout: &Arc<Fanout>, n: usize) -> (Vec<Registration>, Vec<TcpStream>) {
+        let mut registrations = Vec::new();
+        let mut clients = Vec::new();
+        for _ in 0..n {
+            let (server, client) = socket_pair().await;
+            let registration = fanout.register(server);
+            assert!(matches!(registration.conn.next(), Next::Idle));
+            registrations.push(registration);
+            clients.push(client);
+        }
+        (registrations, clients)
+    }
+
     async fn read_exactly(client: &mut TcpStream, len: usize) -> Vec<u8> {
         let mut got = vec![0u8; len];
         tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut got)).await.unwrap().unwrap();
@@ -441,15 +456,7 @@ mod tests {
     async fn writers_sharing_the_connections_deliver_every_frame_once_and_in_order() {
         let frames = broadcast::channel(128).0;
         let fanout = Fanout::start_with_turn(&frames, 128, 4, 3);
-        let mut clients = Vec::new();
-        let mut registrations = Vec::new();
-        for _ in 0..50 {
-            let (server, client) = socket_pair().await;
-            let registration = fanout.register(server);
-            assert!(matches!(registration.conn.next(), Next::Idle));
-            registrations.push(registration);
-            clients.push(client);
-        }
+        let (registrations, mut clients) = direct_connections(&fanout, 50).await;
         let mut expected = Vec::new();
         for i in 0..100 {
             let frame = Bytes::from(format!("data: {i}\n\n"));
@@ -470,15 +477,7 @@ mod tests {
         let frames = broadcast::channel(4).0;
         // Four turns: the dispatcher and a helper on another thread take two each, at the same time.
         let fanout = Fanout::start_with_turn(&frames, 4, 2, 50);
-        let mut clients = Vec::new();
-        let mut registrations = Vec::new();
-        for _ in 0..200 {
-            let (server, client) = socket_pair().await;
-            let registration = fanout.register(server);
-            assert!(matches!(registration.conn.next(), Next::Idle));
-            registrations.push(registration);
-            clients.push(client);
-        }
+        let (_registrations, mut clients) = direct_connections(&fanout, 200).await;
         for i in 0..20 {
             let frame = Bytes::from(format!("data: {i}\n\n"));
             assert_eq!(fanout.deliver(&frame).await, 200, "frame {i} was done before every connection had it");
