@@ -4,11 +4,11 @@
 //! connection's `select!`, a timer registration for the write timeout and a write. Here one dispatcher task per
 //! environment and stream kind takes each frame from the environment's broadcast channel once, encodes it as an HTTP
 //! chunk once, and has as many writers as the runtime has workers (itself and helper tasks it spawns for the frame)
-//! write that to every registered connection's socket with one non-blocking `send`: a delivery is one syscall, and the connections' own tasks stay asleep. The writers
-//! share the connections of a frame through one cursor, a turn of connections at a time, so that all of them finish
-//! together: with a fixed share each, the writer that got less CPU from the kernel would finish last, alone on one
-//! core, and set the tail latency. The dispatcher waits for every writer before it takes the next frame, so each
-//! connection gets the frames in order.
+//! write that to every registered connection's socket with one non-blocking `send`: a delivery is one syscall, and
+//! the connections' own tasks stay asleep. The writers share the connections of a frame through one cursor, a turn
+//! of connections at a time, so that all of them finish together: with a fixed share each, the writer that got less
+//! CPU from the kernel would finish last, alone on one core, and set the tail latency. The dispatcher waits for every
+//! writer before it takes the next frame, so each connection gets the frames in order.
 //!
 //! A write that would block, or writes only part of the frame, switches that connection to its task, which waits
 //! for the socket (with the write timeout) and writes what the writers queued for it in order; once it has caught
