@@ -620,7 +620,7 @@ async fn coordinate(args: &SseArgs, sources: Vec<IpAddr>) -> Result<Report, Erro
         errors,
         reconnects,
         first_error,
-        rounds,
+        rounds, // Last: the fields above read it.
     })
 }
 
